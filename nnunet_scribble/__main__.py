@@ -1,0 +1,3 @@
+from nnunet_scribble.cli import main
+
+raise SystemExit(main())

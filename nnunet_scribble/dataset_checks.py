@@ -1,0 +1,50 @@
+"""Checks that a dataset really is a scribble dataset, with messages that say what to fix."""
+from __future__ import annotations
+
+from typing import Iterable, Tuple
+
+import numpy as np
+
+
+class ScribbleDatasetError(ValueError):
+    """A dataset or case cannot be used for scribble-supervised training."""
+
+
+def check_ignore_label(label_manager, dataset_name: str = "this dataset") -> int:
+    """The dataset must declare an ``ignore`` label and must not be region-based; returns the ignore label."""
+    if label_manager.has_regions:
+        raise ScribbleDatasetError(
+            f"{dataset_name} is region-based; nnunet_scribble trainers support plain label maps only. "
+            f"Remove 'regions_class_order' and use one integer per class in dataset.json 'labels'.")
+    if not label_manager.has_ignore_label:
+        raise ScribbleDatasetError(
+            f"{dataset_name} declares no 'ignore' label in dataset.json. Scribble trainers need every "
+            f"unannotated voxel marked with an ignore label, the highest label value "
+            f"(e.g. \"labels\": {{\"background\": 0, ..., \"ignore\": N}}). Convert a dense dataset with "
+            f"`nnunet_scribble_convert_dense` or add the ignore label to dataset.json and the label files.")
+    return int(label_manager.ignore_label)
+
+
+def check_scribble_array(seg: np.ndarray, ignore_label: int, case: str) -> int:
+    """Validate one (preprocessed or raw) scribble map; returns its number of annotated voxels.
+
+    Values allowed: 0..ignore_label, plus -1 (nnU-Net marks annotated background outside the
+    nonzero crop with -1; it becomes background during training).
+    """
+    values = np.unique(seg)
+    bad = values[(values > ignore_label) | (values < -1)]
+    if bad.size:
+        raise ScribbleDatasetError(
+            f"case {case}: label values {bad.tolist()} are outside 0..{ignore_label} (ignore = {ignore_label}). "
+            f"The ignore label must be the highest value; fix the label file or dataset.json.")
+    annotated = int(np.count_nonzero(seg != ignore_label))
+    if annotated == 0:
+        raise ScribbleDatasetError(
+            f"case {case} has no annotated voxel (every voxel is the ignore label {ignore_label}). "
+            f"Add scribbles to it or remove it from the training split.")
+    return annotated
+
+
+def check_scribble_cases(cases: Iterable[Tuple[str, np.ndarray]], ignore_label: int) -> dict:
+    """Check every (case, seg) pair; returns {case: annotated voxel count}."""
+    return {case: check_scribble_array(np.asarray(seg), ignore_label, case) for case, seg in cases}

@@ -1,0 +1,73 @@
+"""``-pretrained_weights`` for multi-decoder networks.
+
+nnU-Net's ``load_pretrained_weights`` requires every key of the network (except ``.seg_layers.``) to
+exist in the checkpoint, which a plain nnU-Net checkpoint cannot satisfy for the auxiliary decoders.
+``install_pretrained_weights_hook`` (called by the multi-decoder trainers' ``initialize``) wraps the
+function that ``nnUNetv2_train -pretrained_weights`` calls: for a ``MultiDecoderUNet`` and a plain
+checkpoint, the encoder and the main decoder load from their own keys and every auxiliary decoder
+loads the plain decoder's weights (``aux_decoders.i.X`` <- ``decoder.X``). Anything else is passed to
+nnU-Net's original function unchanged.
+"""
+from __future__ import annotations
+
+import torch
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+SKIP = (".seg_layers.",)
+
+
+def _unwrap(network):
+    mod = network.module if isinstance(network, DDP) else network
+    return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+
+def plain_to_multi_decoder_state_dict(model_state: dict, pretrained: dict) -> dict:
+    """Return ``model_state`` updated from a plain nnU-Net state dict (seg layers are not transferred)."""
+    new_state = dict(model_state)
+    for key, value in model_state.items():
+        if any(s in key for s in SKIP):
+            continue
+        source = key
+        if key.startswith("aux_decoders."):
+            source = "decoder." + key.split(".", 2)[2]
+        if source not in pretrained:
+            raise KeyError(f"pretrained checkpoint has no key {source!r} (needed for {key!r}); it does not come "
+                           f"from a network with the same plans configuration")
+        if pretrained[source].shape != value.shape:
+            raise ValueError(f"shape of {source!r} in the pretrained checkpoint {tuple(pretrained[source].shape)} "
+                             f"differs from {key!r} {tuple(value.shape)}")
+        new_state[key] = pretrained[source]
+    return new_state
+
+
+def load_pretrained_multi_decoder(network, fname: str, verbose: bool = False) -> None:
+    from nnunet_scribble.networks import MultiDecoderUNet
+
+    mod = _unwrap(network)
+    if not isinstance(mod, MultiDecoderUNet):
+        raise TypeError("load_pretrained_multi_decoder needs a MultiDecoderUNet")
+    pretrained = torch.load(fname, map_location="cpu", weights_only=False)["network_weights"]
+    if any(k.startswith("aux_decoders.") for k in pretrained):
+        from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+        return load_pretrained_weights(network, fname, verbose)
+    mod.load_state_dict(plain_to_multi_decoder_state_dict(mod.state_dict(), pretrained))
+    print(f"Loaded pretrained weights from {fname} into the encoder and all {mod.num_decoders} decoders")
+
+
+def install_pretrained_weights_hook() -> None:
+    """Route ``nnUNetv2_train -pretrained_weights`` through ``load_pretrained_multi_decoder`` for our networks."""
+    import nnunetv2.run.run_training as run_training
+    from nnunet_scribble.networks import MultiDecoderUNet
+
+    original = run_training.load_pretrained_weights
+    if getattr(original, "_nnunet_scribble", False):
+        return
+
+    def load_pretrained_weights(network, fname, verbose=False):
+        if isinstance(_unwrap(network), MultiDecoderUNet):
+            return load_pretrained_multi_decoder(network, fname, verbose)
+        return original(network, fname, verbose)
+
+    load_pretrained_weights._nnunet_scribble = True
+    run_training.load_pretrained_weights = load_pretrained_weights

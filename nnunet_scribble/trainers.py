@@ -1,0 +1,302 @@
+"""nnU-Net trainers for scribble supervision.
+
+Use them like any nnU-Net trainer::
+
+    nnUNetv2_train DATASET 2d 0 -tr nnUNetTrainerDMSPS
+    nnUNetv2_predict -i IN -o OUT -d DATASET -c 2d -f 0 -tr nnUNetTrainerDMSPS
+
+Class names are part of every checkpoint (nnU-Net resolves the network builder from
+``checkpoint['trainer_name']``): never rename them.
+
+| trainer | method |
+|---|---|
+| ``nnUNetTrainerScribble`` | partial cross-entropy (pCE) on scribbled voxels, every deep-supervision scale |
+| ``nnUNetTrainerScribblePreserveDS`` | pCE with scribble-preserving deep-supervision targets |
+| ``nnUNetTrainerDMPLS`` | two decoders, Dice to argmax of a randomly mixed pseudo label (Luo et al. 2022) |
+| ``nnUNetTrainerDMSPS`` | two decoders, CE to a randomly mixed soft pseudo label (Han et al. 2024, stage 1; stage 2 = the same trainer on a dataset expanded by ``nnunet_scribble dmsps-expand``) |
+| ``nnUNetTrainerDMSPS_doubleSoftmax`` | DMSPS with the reference code's double softmax |
+| ``nnUNetTrainerPSSeg`` | three decoders, USPC + CCAC consistency (Han et al. 2026) |
+| ``..._avg`` | the same training; inference averages the decoders' probabilities |
+
+Every trainer also exists with a training budget suffix (``BUDGETS``), e.g. ``nnUNetTrainerDMPLS_tiny``
+(2 epochs x 4 iterations, for tests) or ``nnUNetTrainer_tiny`` (nnU-Net's own trainer, same budget).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch._dynamo import OptimizedModule
+
+from nnunet_scribble.dataset_checks import check_ignore_label, check_scribble_cases
+from nnunet_scribble.losses import DMPLSLoss, DMSPSLoss, MultiDecoderScribbleLoss, PartialCELoss, PSSegLoss
+from nnunet_scribble.networks import (ChannelMeanFeatureDropout, FeatureDropout, MultiDecoderUNet,
+                                      RandomFeatureDropout, build_multi_decoder_network)
+from nnunet_scribble.pretrained import install_pretrained_weights_hook
+from nnunet_scribble.transforms import ScribblePreservingDownsampleSegForDS
+
+
+class nnUNetTrainerScribble(nnUNetTrainer):
+    """Partial cross-entropy on annotated voxels only, at every deep-supervision scale.
+
+    Refuses to train (before the first step) on a dataset without an ignore label, with label values
+    above it, or with a training case that has no annotated voxel.
+    """
+
+    preserve_scribbles_in_ds: bool = False
+
+    def initialize(self):
+        if not self.was_initialized:
+            check_ignore_label(self.label_manager, self.plans_manager.dataset_name)
+        super().initialize()
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        self.check_training_scribbles()
+        super().on_train_start()
+
+    def check_training_scribbles(self) -> dict:
+        """Load every training case of this fold from the preprocessed folder and validate its labels."""
+        tr_keys, _ = self.do_split()
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, tr_keys)
+        counts = check_scribble_cases(((k, dataset.load_case(k)[1][:]) for k in tr_keys),
+                                      self.label_manager.ignore_label)
+        self.print_to_log_file(f"Scribble check passed: {len(counts)} training cases, annotated voxels per case "
+                               f"{min(counts.values())}..{max(counts.values())}")
+        return counts
+
+    # ---------------------------------------------------------------- loss
+    def _deep_supervision_weights(self) -> Sequence[float]:
+        """nnU-Net's own scale weights (1/2^i, lowest scale 0, normalised), taken from its loss builder."""
+        return nnUNetTrainer._build_loss(self).weight_factors
+
+    def _build_loss(self):
+        loss = PartialCELoss(self.label_manager.ignore_label)
+        if self.enable_deep_supervision:
+            loss = DeepSupervisionWrapper(loss, self._deep_supervision_weights())
+        return loss
+
+    # ---------------------------------------------------------------- targets
+    def _with_scribble_preserving_ds(self, transforms):
+        if not self.preserve_scribbles_in_ds:
+            return transforms
+        transforms.transforms = [
+            ScribblePreservingDownsampleSegForDS(t.ds_scales, self.label_manager.ignore_label)
+            if isinstance(t, DownsampleSegForDSTransform) else t for t in transforms.transforms]
+        return transforms
+
+    def get_training_transforms(self, *args, **kwargs):
+        return self._with_scribble_preserving_ds(super().get_training_transforms(*args, **kwargs))
+
+    def get_validation_transforms(self, *args, **kwargs):
+        return self._with_scribble_preserving_ds(super().get_validation_transforms(*args, **kwargs))
+
+
+class nnUNetTrainerScribblePreserveDS(nnUNetTrainerScribble):
+    """pCE with deep-supervision targets downsampled so that scribbles survive (any-annotated vote)."""
+
+    preserve_scribbles_in_ds = True
+
+
+class nnUNetTrainerMultiDecoder(nnUNetTrainerScribble):
+    """Shared machinery of the multi-decoder trainers; subclasses set the class attributes and the loss.
+
+    The network returns every decoder's output in ``train()`` mode and the main decoder (or the decoder
+    average, ``INFERENCE_MODE = "mean"``) in ``eval()`` mode, so nnU-Net's validation, final validation
+    and ``nnUNetv2_predict`` work unchanged. Loss terms are logged per epoch in the training log,
+    nnU-Net's logger (checkpointed) and ``progress_loss_terms.png``.
+    """
+
+    NUM_DECODERS: int = 2
+    INFERENCE_MODE: str = "main"
+    DECODER_INITS: Optional[Sequence[str]] = None
+
+    @classmethod
+    def build_perturbations(cls) -> List[torch.nn.Module]:
+        return [FeatureDropout(0.5) for _ in range(cls.NUM_DECODERS - 1)]
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        def build_base():
+            return super(nnUNetTrainerMultiDecoder, cls).build_network_architecture(
+                plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                enable_deep_supervision)
+
+        return build_multi_decoder_network(build_base, cls.NUM_DECODERS, cls.build_perturbations(),
+                                           cls.DECODER_INITS, cls.INFERENCE_MODE)
+
+    def initialize(self):
+        install_pretrained_weights_hook()
+        super().initialize()
+
+    def unwrapped_network(self) -> MultiDecoderUNet:
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        super().set_deep_supervision_enabled(enabled)
+        self.unwrapped_network().deep_supervision = enabled
+
+    # ---------------------------------------------------------------- loss
+    @property
+    def total_iterations(self) -> int:
+        return self.num_epochs * self.num_iterations_per_epoch
+
+    def build_method_loss(self, ds_weights) -> MultiDecoderScribbleLoss:
+        raise NotImplementedError
+
+    def _build_loss(self):
+        self.validation_loss = super()._build_loss()  # pCE on the main decoder
+        return self.build_method_loss(self._deep_supervision_weights() if self.enable_deep_supervision else None)
+
+    # ---------------------------------------------------------------- steps and logging
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._iteration_in_epoch = 0
+
+    def train_step(self, batch: dict) -> dict:
+        self.loss.iteration = self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
+        self._iteration_in_epoch += 1
+        result = super().train_step(batch)
+        result.update({f"loss_{k}": np.array(v) for k, v in self.loss.last_terms.items()})
+        return result
+
+    def validation_step(self, batch: dict) -> dict:
+        method_loss, self.loss = self.loss, self.validation_loss
+        try:
+            return super().validation_step(batch)
+        finally:
+            self.loss = method_loss
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        local = self.logger.local_logger.my_fantastic_logging
+        terms = {}
+        for key in train_outputs[0]:
+            if key.startswith("loss_"):
+                local.setdefault(key, [])
+                terms[key] = float(np.mean([o[key] for o in train_outputs]))
+                self.logger.log(key, terms[key], self.current_epoch)
+        self.print_to_log_file("loss terms (DS-weighted, before method weights): " +
+                               ", ".join(f"{k[5:]} {v:.4f}" for k, v in terms.items()))
+        self._plot_loss_terms(local)
+
+    def _plot_loss_terms(self, logged: dict) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from os.path import join
+
+        keys = [k for k in logged if k.startswith("loss_")]
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for k in keys:
+            ax.plot(range(len(logged[k])), logged[k], label=k[5:])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss term")
+        ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(join(self.output_folder, "progress_loss_terms.png"))
+        plt.close(fig)
+
+
+class nnUNetTrainerDMPLS(nnUNetTrainerMultiDecoder):
+    """DMPLS: dual decoder (aux decoder on 0.5-dropout features), Dice to the dynamically mixed hard pseudo label."""
+
+    def build_method_loss(self, ds_weights):
+        return DMPLSLoss(self.label_manager.ignore_label, ds_weights)
+
+
+class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
+    """DMSPS stage 1 (and stage 2 when trained on an expanded dataset): CE to the mixed soft pseudo label."""
+
+    double_softmax: bool = False
+
+    def build_method_loss(self, ds_weights):
+        return DMSPSLoss(self.label_manager.ignore_label, ds_weights, double_softmax=self.double_softmax)
+
+
+class nnUNetTrainerDMSPS_doubleSoftmax(nnUNetTrainerDMSPS):
+    """DMSPS as the reference code computes it (softmax applied twice in the pseudo-label CE)."""
+
+    double_softmax = True
+
+
+class nnUNetTrainerPSSeg(nnUNetTrainerMultiDecoder):
+    """PS-Seg: three decoders (clean / random-p dropout / channel-mean feature dropout; kaiming / xavier /
+    N(0, 0.02) init), pCE + 10 sig(t) USPC + 0.01 sig(t) CCAC; ramp-up over the first third of training
+    (20k of 60k iterations in the reference config), scaled to the run length."""
+
+    NUM_DECODERS = 3
+    DECODER_INITS = ("kaiming", "xavier", "normal")
+    RAMPUP_FRACTION = 1 / 3
+
+    @classmethod
+    def build_perturbations(cls):
+        return [RandomFeatureDropout(0.2, 0.5), ChannelMeanFeatureDropout(0.7, 0.9)]
+
+    def build_method_loss(self, ds_weights):
+        rampup = max(1, math.ceil(self.RAMPUP_FRACTION * self.total_iterations))
+        return PSSegLoss(self.label_manager.ignore_label, ds_weights, rampup_iterations=rampup)
+
+
+class nnUNetTrainerDMPLS_avg(nnUNetTrainerDMPLS):
+    INFERENCE_MODE = "mean"
+
+
+class nnUNetTrainerDMSPS_avg(nnUNetTrainerDMSPS):
+    INFERENCE_MODE = "mean"
+
+
+class nnUNetTrainerPSSeg_avg(nnUNetTrainerPSSeg):
+    INFERENCE_MODE = "mean"
+
+
+# ------------------------------------------------------------------------------------------------
+# training budgets: thin subclasses "<trainer>_<budget>" (epochs, iterations/epoch, val iterations/epoch)
+# ------------------------------------------------------------------------------------------------
+BUDGETS = {
+    "tiny": (2, 4, 2),        # tests
+    "demo": (6, 12, 3),       # README demo on a laptop CPU
+    "cpu": (40, 25, 5),       # CPU benchmark profile (benchmarks/)
+    "gpu": (250, 250, 50),    # GPU benchmark profile (benchmarks/)
+}
+
+BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePreserveDS,
+                 nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_avg, nnUNetTrainerDMSPS, nnUNetTrainerDMSPS_avg,
+                 nnUNetTrainerDMSPS_doubleSoftmax, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg)
+
+
+class TrainingBudget:
+    """Mixin that sets nnU-Net's run-length attributes from ``BUDGET`` after construction."""
+
+    BUDGET: Sequence[int] = BUDGETS["tiny"]
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.BUDGET
+
+
+def _budget_variant(base: type, budget: str) -> type:
+    name = f"{base.__name__}_{budget}"
+    doc = f"{base.__name__} with the '{budget}' budget: epochs, iterations/epoch, val iterations = {BUDGETS[budget]}."
+    return type(name, (TrainingBudget, base), {"BUDGET": BUDGETS[budget], "__doc__": doc, "__module__": __name__})
+
+
+BUDGET_TRAINERS = {}
+for _base in BASE_TRAINERS:
+    for _budget in BUDGETS:
+        _cls = _budget_variant(_base, _budget)
+        BUDGET_TRAINERS[_cls.__name__] = _cls
+globals().update(BUDGET_TRAINERS)
+
+__all__ = [c.__name__ for c in BASE_TRAINERS if c is not nnUNetTrainer] + \
+    ["nnUNetTrainerMultiDecoder", "TrainingBudget", "BUDGETS"] + list(BUDGET_TRAINERS)
