@@ -77,7 +77,7 @@ def uncertainty_weighted_consistency(probs: Sequence[torch.Tensor]) -> torch.Ten
 def class_affinity_consistency(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     """PS-Seg CCAC for one resolution: maps Z_k (B, C, *spatial) are L2-normalised along space,
     A_ij = Z_i Z_j^T (B, C, C) for every ordered pair i != j, loss = mean_pairs mean((A_ij - I)^2)."""
-    flat = [F.normalize(z.flatten(2).float(), dim=2) for z in maps]
+    flat = [F.normalize(z.flatten(2).to(torch.promote_types(z.dtype, torch.float32)), dim=2) for z in maps]
     eye = torch.eye(flat[0].shape[1], device=flat[0].device, dtype=flat[0].dtype)
     losses = [((a @ b.transpose(1, 2) - eye) ** 2).mean() for a, b in permutations(flat, 2)]
     return torch.stack(losses).mean()

@@ -532,7 +532,7 @@ def _interior_border_slice(lab2d: np.ndarray, ignore_label: int, dtype: type,
         bbox = bboxes[cid - 1]
         comp = np.pad(cc[bbox] == cid, 1)
         scribble = _interior_scribble(comp, rng) | _border_scribble_2d(comp, rng)
-        scribble = ndimage.binary_dilation(scribble, structure=disk(2))
+        scribble = ndimage.binary_dilation(scribble, structure=disk(1)) & comp
         if not scribble.any():
             scribble = _most_interior_pixel(comp)
         out[bbox][_unpad(scribble)] = cls

@@ -1,0 +1,156 @@
+"""Pseudo labels from trained models: DMSPS stage 2 (uncertainty-filtered scribble expansion).
+
+``dmsps_expand`` runs a trained stage-1 multi-decoder model over the *training* images of a scribble
+dataset (nnU-Net's sliding-window predictor, decoder-averaged probabilities p = mean_k softmax_k),
+keeps voxels whose normalised entropy u = -sum_c p_c log(p_c + 1e-6) / log C is below ``tau``
+(0.1 for 2D, 0.3 for 3D by default), keeps the largest connected component of every class
+(background included; per slice for 2D, per volume for 3D), marks every other voxel ignore
+("ignore" variant of PyMIC ``_seeds_expand``, METHODS.md §2), and writes a new nnU-Net raw dataset
+with the same images, the expanded labels, the same dense/test labels and the same splits.
+Retraining the stage-1 trainer on that dataset is stage 2.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_scribble.plans import PRESETS
+from nnunet_scribble.raw_dataset import RawDatasetWriter, read_image
+
+
+def normalized_entropy(probs: np.ndarray) -> np.ndarray:
+    """u = -sum_c p_c log(p_c + 1e-6) / log C over axis 0 (as in the DMSPS reference code)."""
+    return -(probs * np.log(probs + 1e-6)).sum(0) / math.log(probs.shape[0])
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest connected component (full connectivity) of a 2D or 3D boolean mask."""
+    if not mask.any():
+        return mask
+    labels = cc3d.connected_components(mask.astype(np.uint8), connectivity=26 if mask.ndim == 3 else 8)
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    return labels == counts.argmax()
+
+
+def expand_scribbles(probs: np.ndarray, ignore_label: int, tau: float, lcc: str = "slice",
+                     axis: int = 0) -> np.ndarray:
+    """Confident, largest-component pseudo label from class probabilities (C, *spatial); rest = ignore."""
+    if lcc not in ("slice", "volume"):
+        raise ValueError("lcc must be 'slice' or 'volume'")
+    if probs.shape[0] != ignore_label:
+        raise ValueError(f"{probs.shape[0]} probability channels but ignore label {ignore_label}")
+    label = probs.argmax(0)
+    confident = normalized_entropy(probs) < tau
+    out = np.full(label.shape, ignore_label, dtype=np.uint8 if ignore_label < 256 else np.uint16)
+    for c in range(ignore_label):
+        mask = confident & (label == c)
+        if lcc == "volume" or mask.ndim == 2:
+            keep = largest_component(mask)
+        else:
+            keep = np.stack([largest_component(s) for s in np.moveaxis(mask, axis, 0)], axis=0)
+            keep = np.moveaxis(keep, 0, axis)
+        out[keep] = c
+    return out
+
+
+def _dataset_paths(dataset):
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    name = maybe_convert_to_dataset_name(dataset)
+    return name, Path(nnUNet_raw) / name, (Path(nnUNet_preprocessed) / name if nnUNet_preprocessed else None)
+
+
+def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", trainer: str = "nnUNetTrainerDMSPS",
+                 plans_identifier: str = "nnUNetPlans", tau: Optional[float] = None, lcc: Optional[str] = None,
+                 checkpoint_name: str = "checkpoint_final.pth", device: str = "cpu",
+                 dataset_name: Optional[str] = None, merge_scribbles: bool = False, overwrite: bool = False) -> Path:
+    """Write the DMSPS stage-2 dataset ``Dataset{target_id}_<name>``; returns its folder."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    from nnunet_scribble.networks import MultiDecoderUNet
+
+    is_2d = configuration.startswith("2d")
+    tau = (0.1 if is_2d else 0.3) if tau is None else tau
+    lcc = ("slice" if is_2d else "volume") if lcc is None else lcc
+    name, raw, preprocessed = _dataset_paths(source_dataset)
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    ignore = dataset_json["labels"].get("ignore")
+    if ignore is None:
+        raise ValueError(f"{name} has no ignore label: it is not a scribble dataset")
+    ending = dataset_json["file_ending"]
+
+    model_folder = get_output_folder(name, trainer, plans_identifier, configuration)
+    device = torch.device(device)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=device.type == "cuda", device=device,
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, use_folds=(fold if fold == "all" else int(fold),),
+                                                   checkpoint_name=checkpoint_name)
+    if not isinstance(predictor.network, MultiDecoderUNet):
+        raise ValueError(f"{trainer} is not a multi-decoder trainer; DMSPS stage 2 needs a stage-1 model "
+                         f"trained with nnUNetTrainerDMSPS (or DMPLS/PS-Seg)")
+    predictor.network.inference_mode = "mean"
+
+    cases = sorted(p.name[:-len(ending)] for p in (raw / "labelsTr").iterdir() if p.name.endswith(ending))
+    print(f"DMSPS stage 2: predicting {len(cases)} training cases of {name} with {trainer} ({configuration}, "
+          f"fold {fold}); tau={tau}, largest component per {lcc}")
+    writer = RawDatasetWriter(nnUNet_raw, target_id, dataset_name or f"{name.split('_', 1)[1]}Stage2",
+                              overwrite=overwrite)
+    with tempfile.TemporaryDirectory() as tmp, writer:
+        n_channels = len(dataset_json["channel_names"])
+        inputs = [[str(raw / "imagesTr" / f"{c}_{i:04d}{ending}") for i in range(n_channels)] for c in cases]
+        predictor.predict_from_files(inputs, [os.path.join(tmp, c) for c in cases], save_probabilities=True,
+                                     overwrite=True, num_processes_preprocessing=1,
+                                     num_processes_segmentation_export=1)
+        fractions = []
+        for c in cases:
+            probs = np.load(os.path.join(tmp, c + ".npz"))["probabilities"].astype(np.float32)
+            scribble_img = read_image(raw / "labelsTr" / f"{c}{ending}")
+            scribble = sitk.GetArrayFromImage(scribble_img)
+            if probs.shape[1:] != scribble.shape:
+                raise RuntimeError(f"{c}: probabilities {probs.shape[1:]} do not match the label {scribble.shape}")
+            expanded = expand_scribbles(probs, ignore, tau, lcc)
+            if merge_scribbles:
+                expanded[scribble != ignore] = scribble[scribble != ignore]
+            if not (expanded != ignore).any():
+                print(f"WARNING: {c}: no confident voxel at tau={tau}; keeping its original scribbles")
+                expanded = scribble
+            fractions.append(float((expanded != ignore).mean()))
+            label_img = sitk.GetImageFromArray(expanded.astype(scribble.dtype))
+            label_img.CopyInformation(scribble_img)
+            images = [read_image(p) for p in inputs[cases.index(c)]]
+            dense_file = raw / "labelsTr_dense" / f"{c}{ending}"
+            writer.add_training_case(c, images, label_img, read_image(dense_file) if dense_file.is_file() else None)
+        for image_file in sorted((raw / "imagesTs").glob(f"*_0000{ending}")) if (raw / "imagesTs").is_dir() else []:
+            c = image_file.name[:-len(f"_0000{ending}")]
+            dense_file = raw / "labelsTs" / f"{c}{ending}"
+            writer.add_test_case(c, [read_image(raw / "imagesTs" / f"{c}_{i:04d}{ending}") for i in range(n_channels)],
+                                 read_image(dense_file) if dense_file.is_file() else None)
+        for splits in ([preprocessed / "splits_final.json"] if preprocessed else []) + [raw / "splits_final.json"]:
+            if splits.is_file():
+                writer.set_splits(json.loads(splits.read_text()))
+                break
+        writer.finalize(dataset_json["channel_names"], dataset_json["labels"],
+                        description=f"DMSPS stage-2 expansion of {name} by {trainer} {configuration} fold {fold}",
+                        scribble_method=f"dmsps_stage2(tau={tau}, lcc={lcc}, merge_scribbles={merge_scribbles})")
+    print(f"expanded labels cover {100 * np.mean(fractions):.1f}% of the voxels on average "
+          f"(source scribbles: {dataset_json.get('annotated_fraction', 'n/a')})")
+    base, _, preset = configuration.rpartition("_")
+    plan = (f"nnUNetv2_plan_and_preprocess -d {target_id} -c {base} && nnunet_scribble add-configs -d {target_id} "
+            f"--preset {preset} -c {base}") if preset in PRESETS and base else \
+        f"nnUNetv2_plan_and_preprocess -d {target_id} -c {configuration}"
+    print(f"wrote {writer.target}\nnext: {plan} && nnUNetv2_train {target_id} {configuration} {fold} -tr {trainer}")
+    return writer.target

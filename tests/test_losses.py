@@ -1,0 +1,188 @@
+"""Loss terms against hand computations, masked cases and gradient checks."""
+import math
+
+import pytest
+import torch
+from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
+
+from nnunet_scribble.losses import (DMPLSLoss, DMSPSLoss, PSSegLoss, class_affinity_consistency,
+                                    dice_to_hard_label, partial_cross_entropy, sigmoid_rampup, soft_cross_entropy,
+                                    uncertainty_weighted_consistency)
+
+LN3 = math.log(3.0)
+
+
+def _two_class_logits():
+    # voxels: a -> logits (0, ln3): p = (1/4, 3/4); b -> (0, 0): p = (1/2, 1/2); c -> (0, 0)
+    return torch.tensor([[[[0.0, 0.0, 0.0]], [[LN3, 0.0, 0.0]]]], dtype=torch.float64)  # (1, 2, 1, 3)
+
+
+def test_partial_ce_hand_computed():
+    z = _two_class_logits()
+    target = torch.tensor([[[[1, 0, 2]]]])  # (1, 1, 1, 3); 2 = ignore
+    expected = (math.log(4 / 3) + math.log(2)) / 2
+    assert partial_cross_entropy(z, target, ignore_label=2).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_partial_ce_matches_nnunet_robust_ce():
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 6, 7)
+    target = torch.randint(0, 5, (2, 1, 6, 7))  # 4 = ignore
+    ours = partial_cross_entropy(z, target, 4)
+    theirs = RobustCrossEntropyLoss(ignore_index=4)(z, target)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def test_partial_ce_all_ignored_is_zero_with_zero_gradient():
+    z = torch.randn(1, 3, 4, 4, requires_grad=True)
+    target = torch.full((1, 1, 4, 4), 3)
+    loss = partial_cross_entropy(z, target, 3)
+    assert loss.item() == 0.0 and not torch.isnan(loss)
+    loss.backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))
+    # plain nn.CrossEntropyLoss returns NaN here, which is why the guard exists
+    assert torch.isnan(torch.nn.functional.cross_entropy(z, target[:, 0], ignore_index=3))
+
+
+def test_soft_cross_entropy_and_double_softmax():
+    z = torch.tensor([[[0.0], [LN3]]], dtype=torch.float64)  # (1, 2, 1): p = (1/4, 3/4)
+    q = torch.tensor([[[0.5], [0.5]]], dtype=torch.float64)
+    assert soft_cross_entropy(z, q).item() == pytest.approx(-(0.5 * math.log(0.25) + 0.5 * math.log(0.75)))
+    lse = math.log(math.exp(0.25) + math.exp(0.75))
+    expected_double = -(0.5 * (0.25 - lse) + 0.5 * (0.75 - lse))
+    assert soft_cross_entropy(z, q, double_softmax=True).item() == pytest.approx(expected_double)
+
+
+def test_dice_to_hard_label_hand_computed():
+    p = torch.tensor([[[[0.8, 0.4]], [[0.2, 0.6]]]], dtype=torch.float64)  # (1, 2, 1, 2)
+    hard = torch.tensor([[[0, 1]]])
+    s = 1e-5
+    class0 = 1 - (2 * 0.8 + s) / ((0.64 + 0.16) + 1 + s)
+    class1 = 1 - (2 * 0.6 + s) / ((0.04 + 0.36) + 1 + s)
+    assert dice_to_hard_label(p, hard).item() == pytest.approx((class0 + class1) / 2, abs=1e-12)
+
+
+def test_uspc_hand_computed_and_zero_for_agreement():
+    p1 = torch.tensor([[[1.0], [0.0]]], dtype=torch.float64)  # one voxel, certain class 0
+    p2 = torch.tensor([[[0.0], [1.0]]], dtype=torch.float64)  # certain class 1
+    a, b = 5e-4 + 0.999, 5e-4  # clamped probabilities
+    kl = a * math.log(a / 0.5) + b * math.log(b / 0.5)  # both decoders have the same KL to m = (0.5, 0.5)
+    assert uncertainty_weighted_consistency([p1, p2]).item() == pytest.approx(kl, rel=1e-10)
+    same = torch.softmax(torch.randn(2, 3, 5, 5, dtype=torch.float64), 1)
+    assert uncertainty_weighted_consistency([same, same, same]).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_uspc_weights_confident_voxels_more():
+    # voxel 0: decoders disagree mildly around a confident mixture; voxel 1: uncertain mixture
+    p1 = torch.tensor([[[0.9, 0.6]], [[0.1, 0.4]]], dtype=torch.float64)[None, :, 0]  # (1, 2, 2)
+    p2 = torch.tensor([[[0.99, 0.4]], [[0.01, 0.6]]], dtype=torch.float64)[None, :, 0]
+    value = uncertainty_weighted_consistency([p1, p2]).item()
+    clamp = [5e-4 + p * (1 - 1e-3) for p in (p1, p2)]
+    m = (clamp[0] + clamp[1]) / 2
+    w = torch.exp(-(-(m * m.log()).sum(1)) / math.log(2))
+    kls = [(c * (c.log() - m.log())).sum(1) for c in clamp]
+    expected = sum(((w * k).sum() / w.sum()).item() for k in kls) / 2
+    assert value == pytest.approx(expected, rel=1e-10)
+    assert w[0, 0] > w[0, 1]
+
+
+def test_ccac_identity_and_swapped_classes():
+    z1 = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]])  # (1, 2, 4): spatially orthogonal classes
+    z2 = z1[:, [1, 0]]  # classes swapped -> affinity [[0, 1], [1, 0]]
+    assert class_affinity_consistency([z1, z1, z1]).item() == pytest.approx(0.0, abs=1e-7)
+    assert class_affinity_consistency([z1, z2]).item() == pytest.approx(1.0, abs=1e-7)
+    # 3 decoders, z3 = z1: pairs (1,2),(2,1),(2,3),(3,2) give 1, pairs (1,3),(3,1) give 0 -> 4/6
+    assert class_affinity_consistency([z1, z2, z1]).item() == pytest.approx(4 / 6, abs=1e-7)
+
+
+def test_sigmoid_rampup_values():
+    assert sigmoid_rampup(0, 0, 100) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(50, 0, 100) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(100, 0, 100) == 1.0 and sigmoid_rampup(500, 0, 100) == 1.0
+    assert sigmoid_rampup(3, 0, 0) == 1.0
+
+
+@pytest.mark.parametrize("fn", [
+    lambda z: partial_cross_entropy(z, torch.tensor([[[[1, 0, 2, 0]]]]), 3),
+    lambda z: soft_cross_entropy(z, torch.softmax(torch.ones_like(z), 1)),
+    lambda z: soft_cross_entropy(z, torch.softmax(torch.ones_like(z), 1), double_softmax=True),
+    lambda z: dice_to_hard_label(torch.softmax(z, 1), torch.tensor([[[0, 1, 2, 1]]])),
+    lambda z: uncertainty_weighted_consistency([torch.softmax(z, 1), torch.softmax(z.flip(3), 1),
+                                                torch.softmax(2 * z, 1)]),
+    lambda z: class_affinity_consistency([z, z.flip(3), z * z]),
+], ids=["pce", "soft_ce", "soft_ce_double", "dice", "uspc", "ccac"])
+def test_gradcheck(fn):
+    torch.manual_seed(0)
+    z = torch.randn(1, 3, 1, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-5)
+
+
+def _ds_outputs(num_decoders, seed=0):
+    torch.manual_seed(seed)
+    outs = [[torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True),
+             torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)] for _ in range(num_decoders)]
+    t0 = torch.full((2, 1, 8, 8), 3)
+    t0[:, :, 2, 1:6] = 1
+    t0[:, :, 6, :] = 0
+    t1 = torch.full((2, 1, 4, 4), 3)  # scribbles vanished at the low scale
+    return outs, [t0, t1]
+
+
+def test_dmpls_loss_matches_hand_assembly_and_survives_empty_scale():
+    outs, targets = _ds_outputs(2)
+    loss = DMPLSLoss(3, ds_weights=(2 / 3, 1 / 3))
+    loss.sample_iteration = lambda: {"beta": 0.3}
+    value = loss(outs, targets)
+    expected = 0
+    for w, i in ((2 / 3, 0), (1 / 3, 1)):
+        p = [torch.softmax(o[i], 1) for o in outs]
+        pseudo = (0.3 * p[0] + 0.7 * p[1]).argmax(1)
+        pce = (partial_cross_entropy(outs[0][i], targets[i], 3) + partial_cross_entropy(outs[1][i], targets[i], 3)) / 2
+        dice = (dice_to_hard_label(p[0], pseudo) + dice_to_hard_label(p[1], pseudo)) / 2
+        expected = expected + w * (pce + 0.5 * dice)
+    assert torch.isfinite(value)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-10)
+    assert set(loss.last_terms) == {"pce", "pseudo_dice"}
+    value.backward()
+    assert all(torch.isfinite(o.grad).all() for d in outs for o in d)
+
+
+def test_dmsps_loss_lambda_and_double_softmax():
+    outs, targets = _ds_outputs(2)
+    for double in (False, True):
+        loss = DMSPSLoss(3, ds_weights=(1.0, 0.0), double_softmax=double)
+        loss.sample_iteration = lambda: {"alpha": 0.25}
+        value = loss(outs, targets)
+        p = [torch.softmax(o[0], 1).detach() for o in outs]
+        q = 0.25 * p[0] + 0.75 * p[1]
+        pce = (partial_cross_entropy(outs[0][0], targets[0], 3) + partial_cross_entropy(outs[1][0], targets[0], 3)) / 2
+        ce = (soft_cross_entropy(outs[0][0], q, double) + soft_cross_entropy(outs[1][0], q, double)) / 2
+        assert value.item() == pytest.approx((pce + 8 * ce).item(), rel=1e-10)
+
+
+def test_psseg_rampup_and_terms():
+    outs, targets = _ds_outputs(3)
+    loss = PSSegLoss(3, ds_weights=(2 / 3, 1 / 3), rampup_iterations=100)
+    loss.iteration = 0
+    v0 = loss(outs, targets)
+    terms = loss.last_terms
+    ramp0 = math.exp(-5)
+    assert v0.item() == pytest.approx(terms["pce"] + ramp0 * (10 * terms["uspc"] + 0.01 * terms["ccac"]), rel=1e-9)
+    ccac = (class_affinity_consistency([o[0] for o in outs]) + class_affinity_consistency([o[1] for o in outs])) / 2
+    assert terms["ccac"] == pytest.approx(ccac.item(), rel=1e-10)
+    loss.iteration = 100
+    v1 = loss(outs, targets)
+    assert v1.item() == pytest.approx(terms["pce"] + 10 * terms["uspc"] + 0.01 * terms["ccac"], rel=1e-9)
+
+
+def test_multi_decoder_loss_rejects_wrong_decoder_count():
+    outs, targets = _ds_outputs(2)
+    with pytest.raises(ValueError, match="expects 3 decoder outputs"):
+        PSSegLoss(3, ds_weights=(0.5, 0.5))(outs, targets)
+
+
+def test_multi_decoder_loss_without_deep_supervision():
+    outs, targets = _ds_outputs(2)
+    loss = DMSPSLoss(3)
+    value = loss([o[0] for o in outs], targets[0])
+    assert torch.isfinite(value) and value.item() > 0
