@@ -5,7 +5,7 @@
 1. generates a synthetic 3D dataset with dense ground truth (two blob classes in noise),
 2. simulates interior+border scribbles on the training cases (``scribble_simulation``),
 3. runs ``nnUNetv2_plan_and_preprocess`` and adds the small ``3d_fullres_tiny`` configuration,
-4. trains ``nnUNetTrainerScribble_demo`` (ours, partial CE) and ``nnUNetTrainer_demo`` (nnU-Net's default
+4. trains ``nnUNetTrainerScribble_demo`` (ours, partial CE), ``nnUNetTrainerDMSPS_demo`` (ours, dual decoder) and ``nnUNetTrainer_demo`` (nnU-Net's default
    trainer, i.e. its ignore-label pCE + Dice) on the same scribbles with the same budget,
 5. predicts the test cases with ``nnUNetv2_predict`` and evaluates both on the dense test labels.
 All nnU-Net steps run through nnU-Net's real command-line entry points.
@@ -126,7 +126,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                  "--preset", "tiny", "-c", "3d_fullres"], env, log)
     config = "3d_fullres_tiny"
     arms = {f"nnUNetTrainerScribble_{args.budget}": "ours: partial CE",
-            f"nnUNetTrainer_{args.budget}": "nnU-Net+pL (default trainer, ignore label)"}
+            f"nnUNetTrainerDMSPS_{args.budget}": "ours: DMSPS dual decoder",
+            f"nnUNetTrainer_{args.budget}": "nnU-Net+pL: default trainer, ignore label"}
     summaries = {}
     for i, trainer in enumerate(arms):
         step(f"3/5 nnUNetv2_train {DEMO_DATASET_ID} {config} 0 -tr {trainer} -device {device}")
@@ -150,7 +151,7 @@ def comparison_table(summaries: Dict[str, dict], descriptions: Dict[str, str], l
     """Markdown table: one row per trainer, Dice and HD95 per class plus the foreground mean."""
     header = "| trainer | " + " | ".join(f"Dice {n}" for n in label_names.values()) + " | mean Dice | " + \
         " | ".join(f"HD95 {n} (mm)" for n in label_names.values()) + " |"
-    lines = [header, "|" + "---|" * (3 + 2 * len(label_names))]
+    lines = [header, "|" + "---|" * (2 + 2 * len(label_names))]
     for trainer, summary in summaries.items():
         mean = summary["mean"]
         dice = [mean[label]["Dice"] for label in label_names]

@@ -24,6 +24,8 @@ Every trainer also exists with a training budget suffix (``BUDGETS``), e.g. ``nn
 from __future__ import annotations
 
 import math
+import os
+import random
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -275,7 +277,12 @@ BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePres
 
 
 class TrainingBudget:
-    """Mixin that sets nnU-Net's run-length attributes from ``BUDGET`` after construction."""
+    """Mixin that sets nnU-Net's run-length attributes from ``BUDGET`` after construction.
+
+    If the environment variable ``NNUNET_SCRIBBLE_SEED`` is set, Python's, NumPy's and torch's random
+    generators are seeded with it (benchmarks repeat arms with several seeds; with ``nnUNet_n_proc_DA=0``
+    the data augmentation runs in the seeded main process).
+    """
 
     BUDGET: Sequence[int] = BUDGETS["tiny"]
 
@@ -283,6 +290,12 @@ class TrainingBudget:
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.BUDGET
+        seed = os.environ.get("NNUNET_SCRIBBLE_SEED")
+        if seed is not None:
+            random.seed(int(seed))
+            np.random.seed(int(seed))
+            torch.manual_seed(int(seed))
+            self.print_to_log_file(f"random seed {seed} (NNUNET_SCRIBBLE_SEED)")
 
 
 def _budget_variant(base: type, budget: str) -> type:

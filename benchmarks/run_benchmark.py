@@ -1,0 +1,476 @@
+"""Scribble benchmark: convert -> plan/preprocess -> train every arm -> predict test cases -> evaluate -> tables.
+
+    python benchmarks/run_benchmark.py --dataset acdc --data ../shared/data --work benchmarks/runs/acdc_cpu \\
+        --profile cpu --test-cases 21-40 [--arms pL dense pCE DMPLS ...] [--seeds 0 1 --seed-arms pL DMSPS]
+
+Every arm trains on the same scribbles, fold, plans configuration and budget (profile):
+
+* ``cpu``: nnU-Net's planned topology shrunk through its own plans mechanism (``<config>_cpu`` from
+  ``nnunet_scribble.plans.PRESETS``) and the trainers' ``_cpu`` budget (``trainers.BUDGETS``);
+* ``gpu``: nnU-Net's default plans and the ``_gpu`` budget;
+* ``tiny``: plumbing test only (``tests/test_benchmark.py``).
+
+Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling), ``pL`` (nnU-Net default
+trainer on the scribbles, i.e. its ignore-label pCE + Dice: the bar), ``pCE``, ``pCE_keepDS``, ``DMPLS``,
+``DMSPS``, ``DMSPS_stage2`` (DMSPS retrained on the dataset expanded by the DMSPS model), ``PSSeg``, and the
+``*_avg`` arms, which reuse the trained weights of their parent arm with decoder-averaged inference.
+The run resumes: finished trainings, predictions and evaluations are kept; an interrupted training
+continues from its latest checkpoint (``--c``). Results go to ``<work>/results/`` (results.json, results.md,
+PNG figures); ``benchmarks/RESULTS.md`` is written by hand from them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PROFILES = {
+    "cpu": {"budget": "cpu", "preset": "cpu"},
+    "gpu": {"budget": "gpu", "preset": None},
+    "tiny": {"budget": "tiny", "preset": "tiny"},
+}
+
+# arm -> trainer base name, dataset kind ("scribble" | "dense" | "stage2"), parent arm for *_avg arms
+ARMS = {
+    "dense": ("nnUNetTrainer", "dense", None),
+    "pL": ("nnUNetTrainer", "scribble", None),
+    "pCE": ("nnUNetTrainerScribble", "scribble", None),
+    "pCE_keepDS": ("nnUNetTrainerScribblePreserveDS", "scribble", None),
+    "DMPLS": ("nnUNetTrainerDMPLS", "scribble", None),
+    "DMPLS_avg": ("nnUNetTrainerDMPLS_avg", "scribble", "DMPLS"),
+    "DMSPS": ("nnUNetTrainerDMSPS", "scribble", None),
+    "DMSPS_avg": ("nnUNetTrainerDMSPS_avg", "scribble", "DMSPS"),
+    "DMSPS_stage2": ("nnUNetTrainerDMSPS", "stage2", None),
+    "PSSeg": ("nnUNetTrainerPSSeg", "scribble", None),
+    "PSSeg_avg": ("nnUNetTrainerPSSeg_avg", "scribble", "PSSeg"),
+}
+DEFAULT_ARMS = ["pL", "dense", "pCE", "DMPLS", "DMSPS", "PSSeg", "DMSPS_stage2", "pCE_keepDS",
+                "DMPLS_avg", "DMSPS_avg", "PSSeg_avg"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Benchmark:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.work).resolve()
+        self.profile = PROFILES[args.profile]
+        self.config = args.config + (f"_{self.profile['preset']}" if self.profile["preset"] else "")
+        self.ids = {"scribble": args.id, "dense": args.id + 1, "stage2": args.id + 2}
+        self.bin = Path(sys.executable).parent
+        self.device = args.device
+        self.env = dict(os.environ, nnUNet_raw=str(self.work / "nnUNet_raw"),
+                        nnUNet_preprocessed=str(self.work / "nnUNet_preprocessed"),
+                        nnUNet_compile=os.environ.get("nnUNet_compile", "f"),
+                        nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "2"))
+        self.results_dir = self.work / "results"
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.logfile = self.work / "commands.log"
+
+    # ------------------------------------------------------------------ helpers
+    def run(self, cmd: List[str], extra_env: Optional[dict] = None, measure: bool = False) -> dict:
+        """Run a command (logged); with ``measure`` return wall seconds and peak RSS (MiB) via /usr/bin/time."""
+        env = dict(self.env, **(extra_env or {}))
+        timing_file = self.work / ".time.txt"
+        full = (["/usr/bin/time", "-f", "%M", "-o", str(timing_file)] if measure and Path("/usr/bin/time").exists()
+                else []) + [str(c) for c in cmd]
+        start = time.time()
+        with open(self.logfile, "a") as f:
+            f.write(f"\n$ {' '.join(full)}\n")
+            f.flush()
+            rc = subprocess.run(full, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            tail = "\n".join(self.logfile.read_text().splitlines()[-30:])
+            raise RuntimeError(f"command failed ({rc}): {' '.join(full)}\n{tail}")
+        out = {"wall_s": time.time() - start}
+        if measure and timing_file.exists():
+            out["peak_rss_mib"] = int(timing_file.read_text().split()[-1]) / 1024
+        return out
+
+    def raw_folder(self, kind: str) -> Path:
+        matches = sorted((self.work / "nnUNet_raw").glob(f"Dataset{self.ids[kind]:03d}_*"))
+        return matches[0] if matches else None
+
+    def dataset_name(self, kind: str) -> str:
+        return self.raw_folder(kind).name
+
+    def trainer(self, arm: str) -> str:
+        return f"{ARMS[arm][0]}_{self.profile['budget']}"
+
+    def results_root(self, seed: int) -> Path:
+        return self.work / ("nnUNet_results" if seed == 0 else f"nnUNet_results_seed{seed}")
+
+    def fold_dir(self, arm: str, seed: int) -> Path:
+        kind = ARMS[arm][1]
+        return (self.results_root(seed) / self.dataset_name(kind) /
+                f"{self.trainer(arm)}__nnUNetPlans__{self.config}" / f"fold_{self.args.fold}")
+
+    def state_file(self) -> Path:
+        return self.results_dir / "state.json"
+
+    def load_state(self) -> dict:
+        return json.loads(self.state_file().read_text()) if self.state_file().exists() else {}
+
+    def save_state(self, state: dict) -> None:
+        tmp = self.state_file().with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_file())
+
+    # ------------------------------------------------------------------ data
+    def convert(self) -> None:
+        raw = self.work / "nnUNet_raw"
+        if self.raw_folder("scribble") is None:
+            log(f"converting {self.args.dataset} -> Dataset{self.ids['scribble']:03d}")
+            data = Path(self.args.data)
+            if self.args.dataset == "acdc":
+                from dataset_conversion.acdc import convert_acdc_h5
+                convert_acdc_h5(data / "acdc_scribble_h5", data / "acdc_scribble_nii", raw, self.ids["scribble"],
+                                "ACDCScribble", test_patients=self.args.test_cases, patients=self.args.cases,
+                                verbose=False)
+            else:
+                from dataset_conversion.btcv import convert_btcv
+                name = "BTCVScribble" + (f"Every{self.args.every_nth}" if self.args.every_nth else "")
+                convert_btcv(data / "btcv_abdomen_ct", raw, self.ids["scribble"], name,
+                             test_cases=self.args.test_cases, cases=self.args.cases, method=self.args.method,
+                             every_nth=self.args.every_nth, seed=0, verbose=False)
+        if self.raw_folder("dense") is None:
+            make_dense_twin(self.raw_folder("scribble"), raw, self.ids["dense"])
+        for kind in ("scribble", "dense"):
+            self.plan(kind)
+
+    def plan(self, kind: str) -> None:
+        name = self.dataset_name(kind)
+        base = self.args.config
+        plans = self.work / "nnUNet_preprocessed" / name / "nnUNetPlans.json"
+        if not (plans.exists() and self.config in json.loads(plans.read_text())["configurations"]):
+            log(f"plan and preprocess {name} ({base})")
+            self.run([self.bin / "nnUNetv2_plan_and_preprocess", "-d", self.ids[kind], "-c", base, "-np", "2",
+                      "-npfp", "2", "--verify_dataset_integrity"], {"nnUNet_n_proc_DA": "1"})
+            if self.profile["preset"]:
+                self.run([sys.executable, "-m", "nnunet_scribble", "add-configs", "-d", self.ids[kind],
+                          "--preset", self.profile["preset"], "-c", base])
+            splits = self.raw_folder(kind) / "splits_final.json"
+            if splits.exists():
+                shutil.copy(splits, self.work / "nnUNet_preprocessed" / name / "splits_final.json")
+
+    # ------------------------------------------------------------------ arms
+    def train(self, arm: str, seed: int) -> dict:
+        fold_dir = self.fold_dir(arm, seed)
+        kind = ARMS[arm][1]
+        if (fold_dir / "checkpoint_final.pth").exists() and (fold_dir / "validation" / "summary.json").exists():
+            return {}
+        cmd = [self.bin / "nnUNetv2_train", self.ids[kind], self.config, self.args.fold, "-tr", self.trainer(arm),
+               "-device", self.device]
+        if (fold_dir / "checkpoint_latest.pth").exists() or (fold_dir / "checkpoint_final.pth").exists():
+            cmd.append("--c")
+        log(f"train {arm} (seed {seed}): {self.trainer(arm)} on {self.dataset_name(kind)} {self.config}")
+        return self.run(cmd, {"nnUNet_results": str(self.results_root(seed)), "nnUNet_n_proc_DA": "0",
+                              "NNUNET_SCRIBBLE_SEED": str(seed)}, measure=True)
+
+    def reuse_weights(self, arm: str, seed: int) -> None:
+        """*_avg arms: the parent arm's checkpoint, re-labelled with the _avg trainer (decoder-mean inference)."""
+        import torch
+        src = self.fold_dir(ARMS[arm][2], seed)
+        dst = self.fold_dir(arm, seed)
+        if (dst / "checkpoint_final.pth").exists():
+            return
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in ("dataset.json", "plans.json"):
+            shutil.copy(src.parent / f, dst.parent / f)
+        ckpt = torch.load(src / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        ckpt["trainer_name"] = self.trainer(arm)
+        torch.save(ckpt, dst / "checkpoint_final.pth")
+
+    def expand_stage2(self, seed: int) -> None:
+        if self.raw_folder("stage2") is not None:
+            return
+        log("DMSPS stage 2: expanding the scribbles with the DMSPS model")
+        self.run([sys.executable, "-m", "nnunet_scribble", "dmsps-expand", "-d", self.ids["scribble"], "-o",
+                  self.ids["stage2"], "-c", self.config, "-f", self.args.fold, "-tr", self.trainer("DMSPS"),
+                  "-device", self.device], {"nnUNet_results": str(self.results_root(seed))})
+        self.plan("stage2")
+
+    def predict(self, arm: str, seed: int) -> dict:
+        out = self.work / "predictions" / f"{arm}_seed{seed}"
+        images = self.raw_folder("scribble") / "imagesTs"
+        n_expected = len(list(images.glob("*_0000.nii.gz")))
+        if out.exists() and len(list(out.glob("*.nii.gz"))) == n_expected:
+            return {}
+        log(f"predict {arm} (seed {seed})")
+        kind = ARMS[arm][1]
+        return self.run([self.bin / "nnUNetv2_predict", "-i", images, "-o", out, "-d", self.ids[kind], "-c",
+                         self.config, "-f", self.args.fold, "-tr", self.trainer(arm), "-device", self.device,
+                         "-npp", "1", "-nps", "1"], {"nnUNet_results": str(self.results_root(seed))}, measure=True)
+
+    def evaluate(self, arm: str, seed: int) -> dict:
+        from nnunet_scribble.evaluation import evaluate_folder
+        out = self.work / "predictions" / f"{arm}_seed{seed}"
+        if (out / "summary.json").exists():
+            return json.loads((out / "summary.json").read_text())
+        labels = [v for k, v in self.label_dict().items() if k not in ("background", "ignore")]
+        evaluate_folder(str(out), str(self.raw_folder("scribble") / "labelsTs"), labels=labels,
+                        output_folder=str(out), num_processes=2)
+        return json.loads((out / "summary.json").read_text())
+
+    def label_dict(self) -> Dict[str, int]:
+        return json.loads((self.raw_folder("scribble") / "dataset.json").read_text())["labels"]
+
+    def training_stats(self, arm: str, seed: int) -> dict:
+        import torch
+        ckpt = torch.load(self.fold_dir(arm, seed) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        logging = ckpt["logging"]
+        durations = np.subtract(logging["epoch_end_timestamps"], logging["epoch_start_timestamps"])
+        from nnunet_scribble.trainers import BUDGETS
+        _, iters, val_iters = BUDGETS[self.profile["budget"]]
+        return {"epoch_s_median": float(np.median(durations[1:] if len(durations) > 1 else durations)),
+                "s_per_iteration": float(np.median(durations[1:] if len(durations) > 1 else durations)) / iters,
+                "train_losses": [float(x) for x in logging["train_losses"]],
+                "ema_fg_dice": [float(x) for x in logging["ema_fg_dice"]],
+                "n_parameters": int(sum(v.numel() for k, v in ckpt["network_weights"].items()
+                                        if not _shared_encoder_copy(k)))}
+
+    # ------------------------------------------------------------------ main loop
+    def run_arm(self, arm: str, seed: int, state: dict) -> None:
+        key = f"{arm}_seed{seed}"
+        entry = state.setdefault(key, {"arm": arm, "seed": seed})
+        if ARMS[arm][2] is not None:
+            if f"{ARMS[arm][2]}_seed{seed}" not in state:
+                self.run_arm(ARMS[arm][2], seed, state)
+            self.reuse_weights(arm, seed)
+        else:
+            if ARMS[arm][1] == "stage2":
+                if f"DMSPS_seed{seed}" not in state:
+                    self.run_arm("DMSPS", seed, state)
+                self.expand_stage2(seed)
+            measured = self.train(arm, seed)
+            if measured:
+                entry["train"] = measured
+            entry["stats"] = self.training_stats(arm, seed)
+        measured = self.predict(arm, seed)
+        if measured:
+            entry["predict"] = measured
+        entry["summary_file"] = str(self.work / "predictions" / key / "summary.json")
+        self.evaluate(arm, seed)
+        self.save_state(state)
+
+    def main(self) -> None:
+        self.convert()
+        state = self.load_state()
+        for arm in self.args.arms:
+            self.run_arm(arm, 0, state)
+            self.save_state(state)
+            write_results(self, state)
+        for seed in self.args.seeds:
+            if seed == 0:
+                continue
+            for arm in self.args.seed_arms:
+                self.run_arm(arm, seed, state)
+                write_results(self, state)
+        write_results(self, state)
+        log(f"results in {self.results_dir}")
+
+
+def _shared_encoder_copy(key: str) -> bool:
+    """State-dict keys that repeat the encoder under a decoder (UNetDecoder registers its encoder)."""
+    return key.startswith("decoder.encoder.") or (key.startswith("aux_decoders.") and ".encoder." in key)
+
+
+def make_dense_twin(scribble_folder: Path, raw_dir: Path, dataset_id: int) -> Path:
+    """Same images and splits, labelsTr = the dense labels (labelsTr_dense), no ignore label."""
+    dj = json.loads((scribble_folder / "dataset.json").read_text())
+    name = scribble_folder.name.split("_", 1)[1] + "Dense"
+    target = raw_dir / f"Dataset{dataset_id:03d}_{name}"
+    tmp = raw_dir / f".tmp_{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    shutil.copytree(scribble_folder / "imagesTr", tmp / "imagesTr")
+    shutil.copytree(scribble_folder / "labelsTr_dense", tmp / "labelsTr")
+    for extra in ("imagesTs", "labelsTs", "splits_final.json"):
+        src = scribble_folder / extra
+        if src.is_dir():
+            shutil.copytree(src, tmp / extra)
+        elif src.exists():
+            shutil.copy(src, tmp / extra)
+    dj["labels"] = {k: v for k, v in dj["labels"].items() if k != "ignore"}
+    dj["description"] = f"dense twin of {scribble_folder.name} (fully supervised ceiling)"
+    dj.pop("annotated_fraction", None)
+    (tmp / "dataset.json").write_text(json.dumps(dj, indent=4))
+    os.replace(tmp, target)
+    return target
+
+
+# ---------------------------------------------------------------------- tables and figures
+def _mean_std(summary: dict, label: str, metric: str):
+    per_case = [c["metrics"][label][metric] for c in summary["metric_per_case"]]
+    vals = np.array([np.nan if v is None else v for v in per_case], dtype=float)
+    return float(np.nanmean(vals)), float(np.nanstd(vals))
+
+
+def collect(bench: Benchmark, state: dict) -> dict:
+    labels = {str(v): k for k, v in bench.label_dict().items() if k not in ("background", "ignore")}
+    rows = {}
+    for key, entry in state.items():
+        f = Path(entry.get("summary_file", ""))
+        if not f.exists():
+            continue
+        summary = json.loads(f.read_text())
+        row = {"arm": entry["arm"], "seed": entry["seed"], "per_class": {}}
+        case_means = {m: [] for m in ("Dice", "HD95", "ASSD")}
+        for case in summary["metric_per_case"]:
+            for m in case_means:
+                vals = [case["metrics"][lab][m] for lab in labels]
+                case_means[m].append(np.nanmean([np.nan if v is None else v for v in vals]))
+        for m, v in case_means.items():
+            row[m] = (float(np.nanmean(v)), float(np.nanstd(v)))
+        for lab, name in labels.items():
+            row["per_class"][name] = {m: _mean_std(summary, lab, m) for m in ("Dice", "HD95", "ASSD")}
+        row["summary_file"] = str(f)
+        row["stats"] = entry.get("stats", state.get(f"{ARMS[entry['arm']][2]}_seed{entry['seed']}", {}).get("stats"))
+        row["train"] = entry.get("train")
+        row["predict"] = entry.get("predict")
+        rows[key] = row
+    return rows
+
+
+def write_results(bench: Benchmark, state: dict) -> None:
+    rows = collect(bench, state)
+    if not rows:
+        return
+    out = bench.results_dir
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "results.md").write_text(results_markdown(bench, rows))
+    try:
+        plot_results(bench, rows)
+    except Exception as e:  # figures must never lose the tables
+        log(f"plotting failed: {e}")
+
+
+def _ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b not in (None, 0) else "n/a"
+
+
+def results_markdown(bench: Benchmark, rows: dict) -> str:
+    ref = rows.get("pL_seed0")
+    dense = rows.get("dense_seed0")
+    n_cases = len(json.loads(Path(state_file_of(rows)).read_text())["metric_per_case"])
+    lines = [f"Profile `{bench.args.profile}`, configuration `{bench.config}`, fold {bench.args.fold}, "
+             f"{n_cases} test cases; mean ± std over test cases of the per-case foreground-class mean.",
+             "",
+             "| arm | seed | mean Dice | HD95 (mm) | ASSD (mm) | gap closed | s/iter (ratio to pL) | train peak RSS ratio | "
+             "inference time ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, r in sorted(rows.items(), key=lambda kv: (kv[1]["seed"], DEFAULT_ARMS.index(kv[1]["arm"])
+                                                      if kv[1]["arm"] in DEFAULT_ARMS else 99)):
+        gap = "n/a"
+        if ref and dense and r["arm"] not in ("pL", "dense"):
+            gap = f"{(r['Dice'][0] - ref['Dice'][0]) / (dense['Dice'][0] - ref['Dice'][0]):+.2f}"
+        s_it = r["stats"]["s_per_iteration"] if r.get("stats") else None
+        ref_s_it = ref["stats"]["s_per_iteration"] if ref and ref.get("stats") else None
+        rss = (r.get("train") or {}).get("peak_rss_mib")
+        ref_rss = ((ref or {}).get("train") or {}).get("peak_rss_mib")
+        inf = (r.get("predict") or {}).get("wall_s")
+        ref_inf = ((ref or {}).get("predict") or {}).get("wall_s")
+        s_it_text = f"{s_it:.3f} ({_ratio(s_it, ref_s_it)})" if s_it else "n/a"
+        lines.append(f"| {r['arm']} | {r['seed']} | {r['Dice'][0]:.4f} ± {r['Dice'][1]:.4f} | "
+                     f"{r['HD95'][0]:.2f} ± {r['HD95'][1]:.2f} | {r['ASSD'][0]:.2f} ± {r['ASSD'][1]:.2f} | {gap} | "
+                     f"{s_it_text} | {_ratio(rss, ref_rss)} | {_ratio(inf, ref_inf)} |")
+    names = list(next(iter(rows.values()))["per_class"])
+    lines += ["", "Per class Dice (mean ± std over test cases), seed 0:", "",
+              "| arm | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, r in rows.items():
+        if r["seed"] == 0:
+            lines.append(f"| {r['arm']} | " + " | ".join(f"{r['per_class'][n]['Dice'][0]:.3f} ± "
+                                                          f"{r['per_class'][n]['Dice'][1]:.3f}" for n in names) + " |")
+    lines += ["", "Per class HD95 (mm), seed 0:", "", "| arm | " + " | ".join(names) + " |",
+              "|---|" + "---|" * len(names)]
+    for key, r in rows.items():
+        if r["seed"] == 0:
+            lines.append(f"| {r['arm']} | " + " | ".join(f"{r['per_class'][n]['HD95'][0]:.1f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def state_file_of(rows: dict) -> str:
+    return next(iter(rows.values()))["summary_file"]
+
+
+def plot_results(bench: Benchmark, rows: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seed0 = {r["arm"]: r for r in rows.values() if r["seed"] == 0}
+    names = list(next(iter(seed0.values()))["per_class"])
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(names) * len(seed0) / 4), 4.5))
+    width = 0.8 / len(seed0)
+    for i, (arm, r) in enumerate(seed0.items()):
+        ax.bar(np.arange(len(names)) + i * width, [r["per_class"][n]["Dice"][0] for n in names], width, label=arm)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("Dice (test cases)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(bench.results_dir / "per_class_dice.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, r in seed0.items():
+        if r.get("stats") and not arm.endswith("_avg"):
+            axes[0].plot(r["stats"]["train_losses"], label=arm)
+            axes[1].plot(r["stats"]["ema_fg_dice"], label=arm)
+    axes[0].set_title("training loss")
+    axes[1].set_title("EMA pseudo Dice on scribbles (validation fold)")
+    for a in axes:
+        a.set_xlabel("epoch")
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(bench.results_dir / "training_curves.png", dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    from nnunet_scribble.raw_dataset import parse_int_ranges
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=("acdc", "btcv"), required=True)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder with the shared data")
+    p.add_argument("--work", required=True, help="working folder (nnU-Net folders, predictions, results)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    p.add_argument("--config", default="2d", help="planned configuration: 2d or 3d_fullres")
+    p.add_argument("--test-cases", type=parse_int_ranges, default=None,
+                   help="test patients (ACDC, default 21-40) or case numbers (BTCV, default: last 4)")
+    p.add_argument("--cases", type=parse_int_ranges, default=None, help="restrict the conversion to these patients/cases")
+    p.add_argument("--method", default="interior_border", help="BTCV scribble simulator")
+    p.add_argument("--every-nth", type=int, default=None, help="BTCV: scribbles on every N-th slice only")
+    p.add_argument("--id", type=int, default=700, help="dataset id of the scribble dataset (+1 dense twin, +2 stage 2)")
+    p.add_argument("--fold", default="0")
+    p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--seed-arms", nargs="+", default=["pL"], choices=sorted(ARMS),
+                   help="arms repeated with every extra seed")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if args.test_cases is None and args.dataset == "acdc":
+        args.test_cases = list(range(21, 41))
+    return args
+
+
+def main(argv=None) -> int:
+    Benchmark(parse_args(argv)).main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
