@@ -1,0 +1,55 @@
+"""Plumbing of benchmarks/run_benchmark.py on tiny real data (not its results)."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NNUNET_SCRIBBLE_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def acdc_data():
+    if not (DATA / "acdc_scribble_h5").is_dir():
+        pytest.skip(f"ACDC data not found: {DATA / 'acdc_scribble_h5'}")
+    return DATA
+
+
+def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
+    import run_benchmark
+
+    work = tmp_path / "bench"
+    argv = ["--dataset", "acdc", "--data", str(acdc_data), "--work", str(work), "--profile", "tiny",
+            "--cases", "41,42,43,21", "--test-cases", "21", "--arms", "pL", "DMSPS_avg", "DMSPS_stage2",
+            "--seeds", "0", "1", "--seed-arms", "pL"]
+    assert run_benchmark.main(argv) == 0
+    results = json.loads((work / "results" / "results.json").read_text())
+    # DMSPS_avg pulls in its parent arm DMSPS, stage 2 runs on the expanded dataset; pL is repeated with seed 1
+    assert set(results) == {"pL_seed0", "DMSPS_seed0", "DMSPS_avg_seed0", "DMSPS_stage2_seed0", "pL_seed1"}
+    for key, row in results.items():
+        assert set(row["per_class"]) == {"RV", "MYO", "LV"}
+        assert 0.0 <= row["Dice"][0] <= 1.0
+        summary = json.loads(Path(row["summary_file"]).read_text())
+        assert len(summary["metric_per_case"]) == 2  # patient 021: two frames
+    assert (work / "nnUNet_raw").glob("Dataset702_*")  # stage-2 dataset
+    stage2 = next((work / "nnUNet_raw").glob("Dataset702_*"))
+    assert len(list((stage2 / "labelsTr").glob("*.nii.gz"))) == 6
+    # the *_avg arm reuses DMSPS's weights with the _avg trainer name (decoder-mean inference)
+    import torch
+    ckpt = torch.load(next(work.glob("nnUNet_results/Dataset700_*/nnUNetTrainerDMSPS_avg_tiny__*/fold_0/"
+                                     "checkpoint_final.pth")), map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == "nnUNetTrainerDMSPS_avg_tiny"
+    assert results["pL_seed0"]["stats"]["s_per_iteration"] > 0
+    assert results["pL_seed0"]["train"]["peak_rss_mib"] > 0
+    table = (work / "results" / "results.md").read_text()
+    assert "| DMSPS_stage2 | 0 |" in table and "gap closed" in table
+    assert (work / "results" / "per_class_dice.png").stat().st_size > 0
+    assert (work / "results" / "training_curves.png").stat().st_size > 0
+
+    # resume: a second run redoes nothing (no training, prediction or conversion command)
+    log_before = (work / "commands.log").read_text()
+    assert run_benchmark.main(argv) == 0
+    assert (work / "commands.log").read_text() == log_before
