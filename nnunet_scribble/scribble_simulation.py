@@ -362,6 +362,18 @@ def _skeleton_3d(label: np.ndarray, ignore_label: int, dtype: type, seed: int) -
     return out
 
 
+def _generate(label, ignore_label, axis, seed, generate_3d, generate_slice) -> np.ndarray:
+    """Validate the inputs, then draw 3D scribbles (``axis=None``) or slice by slice along ``axis``."""
+    label, ignore_label = _validate_label(label, ignore_label)
+    dtype = _output_dtype(ignore_label)
+    axis = _check_axis(label.ndim, axis, allow_none=True) if label.ndim == 3 else 0
+    seed = _check_seed(seed)
+    if axis is None:
+        return generate_3d(label, ignore_label, dtype, seed)
+    out = np.full(label.shape, ignore_label, dtype=dtype)
+    return _iterate_slices(label, axis, out, lambda lab2d, rng: generate_slice(lab2d, ignore_label, dtype, rng), seed)
+
+
 def skeleton_scribbles(label: np.ndarray, ignore_label: int, axis: int | None = 0, seed: int = 0) -> np.ndarray:
     """Skeleton-based scribbles (METHODS §7a; WSL4MIS / WORD / DMSPS generator).
 
@@ -395,15 +407,7 @@ def skeleton_scribbles(label: np.ndarray, ignore_label: int, axis: int | None = 
     Returns:
         Scribble map, same shape, uint8 (uint16 if ignore_label >= 256).
     """
-    label, ignore_label = _validate_label(label, ignore_label)
-    dtype = _output_dtype(ignore_label)
-    axis = _check_axis(label.ndim, axis, allow_none=True) if label.ndim == 3 else 0
-    seed = _check_seed(seed)
-    if axis is None:
-        return _skeleton_3d(label, ignore_label, dtype, seed)
-    out = np.full(label.shape, ignore_label, dtype=dtype)
-    return _iterate_slices(label, axis, out,
-                           lambda lab2d, rng: _skeleton_slice(lab2d, ignore_label, dtype, rng), seed)
+    return _generate(label, ignore_label, axis, seed, _skeleton_3d, _skeleton_slice)
 
 
 # --------------------------------------------------------------------------- interior/border
@@ -637,15 +641,7 @@ def interior_border_scribbles(label: np.ndarray, ignore_label: int, axis: int | 
     Returns:
         Scribble map, same shape, uint8 (uint16 if ignore_label >= 256).
     """
-    label, ignore_label = _validate_label(label, ignore_label)
-    dtype = _output_dtype(ignore_label)
-    axis = _check_axis(label.ndim, axis, allow_none=True) if label.ndim == 3 else 0
-    seed = _check_seed(seed)
-    if axis is None:
-        return _interior_border_3d(label, ignore_label, dtype, seed)
-    out = np.full(label.shape, ignore_label, dtype=dtype)
-    return _iterate_slices(label, axis, out,
-                           lambda lab2d, rng: _interior_border_slice(lab2d, ignore_label, dtype, rng), seed)
+    return _generate(label, ignore_label, axis, seed, _interior_border_3d, _interior_border_slice)
 
 
 # --------------------------------------------------------------------------- sparser scribbles
