@@ -53,3 +53,15 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
     log_before = (work / "commands.log").read_text()
     assert run_benchmark.main(argv) == 0
     assert (work / "commands.log").read_text() == log_before
+
+    # cost measurement script on the same work folder (plumbing only)
+    import timing
+    out = tmp_path / "timing.md"
+    assert timing.main(["--work", str(work), "--config", "2d_tiny", "--budget", "tiny", "--arms", "pL", "DMSPS_avg",
+                        "--steps", "2", "--predict-cases", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert rows["pL"]["s_per_step"] > 0 and rows["DMSPS_avg"]["peak_mib"] > 0
+    # two decoders share one encoder: more parameters than the plain network, fewer than two networks
+    assert rows["pL"]["n_parameters"] < rows["DMSPS_avg"]["n_parameters"] < 2 * rows["pL"]["n_parameters"]
+    assert rows["DMSPS_avg"]["inference_s"] > 0
+    assert "| DMSPS_avg |" in out.read_text()
