@@ -17,7 +17,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 SKIP = (".seg_layers.",)
 
 
-def _unwrap(network):
+def unwrap_network(network):
+    """The module under DDP's ``.module`` and torch.compile's ``._orig_mod`` wrappers."""
     mod = network.module if isinstance(network, DDP) else network
     return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
@@ -44,7 +45,7 @@ def plain_to_multi_decoder_state_dict(model_state: dict, pretrained: dict) -> di
 def load_pretrained_multi_decoder(network, fname: str, verbose: bool = False) -> None:
     from nnunet_scribble.networks import MultiDecoderUNet
 
-    mod = _unwrap(network)
+    mod = unwrap_network(network)
     if not isinstance(mod, MultiDecoderUNet):
         raise TypeError("load_pretrained_multi_decoder needs a MultiDecoderUNet")
     pretrained = torch.load(fname, map_location="cpu", weights_only=False)["network_weights"]
@@ -65,7 +66,7 @@ def install_pretrained_weights_hook() -> None:
         return
 
     def load_pretrained_weights(network, fname, verbose=False):
-        if isinstance(_unwrap(network), MultiDecoderUNet):
+        if isinstance(unwrap_network(network), MultiDecoderUNet):
             return load_pretrained_multi_decoder(network, fname, verbose)
         return original(network, fname, verbose)
 

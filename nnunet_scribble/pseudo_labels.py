@@ -81,6 +81,7 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     from nnunet_scribble.networks import MultiDecoderUNet
+    from nnunet_scribble.pretrained import unwrap_network
 
     is_2d = configuration.startswith("2d")
     tau = (0.1 if is_2d else 0.3) if tau is None else tau
@@ -99,10 +100,11 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, use_folds=(fold if fold == "all" else int(fold),),
                                                    checkpoint_name=checkpoint_name)
-    if not isinstance(predictor.network, MultiDecoderUNet):
+    network = unwrap_network(predictor.network)  # nnUNet_compile=t wraps it in torch.compile
+    if not isinstance(network, MultiDecoderUNet):
         raise ValueError(f"{trainer} is not a multi-decoder trainer; DMSPS stage 2 needs a stage-1 model "
                          f"trained with nnUNetTrainerDMSPS (or DMPLS/PS-Seg)")
-    predictor.network.inference_mode = "mean"
+    network.inference_mode = "mean"
 
     cases = sorted(p.name[:-len(ending)] for p in (raw / "labelsTr").iterdir() if p.name.endswith(ending))
     print(f"DMSPS stage 2: predicting {len(cases)} training cases of {name} with {trainer} ({configuration}, "

@@ -33,13 +33,12 @@ import torch
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from torch._dynamo import OptimizedModule
 
 from nnunet_scribble.dataset_checks import check_ignore_label, check_scribble_cases
 from nnunet_scribble.losses import DMPLSLoss, DMSPSLoss, MultiDecoderScribbleLoss, PartialCELoss, PSSegLoss
 from nnunet_scribble.networks import (ChannelMeanFeatureDropout, FeatureDropout, MultiDecoderUNet,
                                       RandomFeatureDropout, build_multi_decoder_network)
-from nnunet_scribble.pretrained import install_pretrained_weights_hook
+from nnunet_scribble.pretrained import install_pretrained_weights_hook, unwrap_network
 from nnunet_scribble.transforms import ScribblePreservingDownsampleSegForDS
 
 
@@ -139,8 +138,7 @@ class nnUNetTrainerMultiDecoder(nnUNetTrainerScribble):
         super().initialize()
 
     def unwrapped_network(self) -> MultiDecoderUNet:
-        mod = self.network.module if self.is_ddp else self.network
-        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+        return unwrap_network(self.network)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         super().set_deep_supervision_enabled(enabled)

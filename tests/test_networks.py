@@ -9,7 +9,6 @@ import inspect
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -164,6 +163,17 @@ def test_expected_shapes_are_what_nnunet_itself_returns():
         plain = plain_builder(name)()
         got = [tuple(t.shape[2:]) for t in plain(_input(patch))]
         assert got == expected_ds_shapes(arch, patch)
+
+
+def test_train_mode_outputs_equal_each_decoder_run_alone():
+    # the decoders share the encoder's skips; nothing may modify them in place (nnU-Net uses inplace LeakyReLU)
+    net = multi("2d", k=3, perturbations=[None, None]).train()
+    x = _input(PATCH_2D)
+    with torch.no_grad():
+        out = net(x)
+        alone = [d(net.encoder(x)) for d in net.decoders]
+    for o, a in zip(out, alone):
+        assert all(torch.equal(s, t) for s, t in zip(o, a))
 
 
 @pytest.mark.parametrize("name", ["2d", "3d"])
