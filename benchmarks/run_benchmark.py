@@ -51,12 +51,13 @@ ARMS = {
     "DMPLS_avg": ("nnUNetTrainerDMPLS_avg", "scribble", "DMPLS"),
     "DMSPS": ("nnUNetTrainerDMSPS", "scribble", None),
     "DMSPS_avg": ("nnUNetTrainerDMSPS_avg", "scribble", "DMSPS"),
+    "DMSPS_paperCE": ("nnUNetTrainerDMSPS_paperCE", "scribble", None),
     "DMSPS_stage2": ("nnUNetTrainerDMSPS", "stage2", None),
     "PSSeg": ("nnUNetTrainerPSSeg", "scribble", None),
     "PSSeg_avg": ("nnUNetTrainerPSSeg_avg", "scribble", "PSSeg"),
 }
 DEFAULT_ARMS = ["pL", "dense", "pCE", "DMPLS", "DMSPS", "PSSeg", "DMSPS_stage2", "pCE_keepDS",
-                "DMPLS_avg", "DMSPS_avg", "PSSeg_avg"]
+                "DMPLS_avg", "DMSPS_avg", "PSSeg_avg", "DMSPS_paperCE"]
 
 
 def log(msg: str) -> None:

@@ -38,6 +38,7 @@ pre, config, trainer_name, steps, device = sys.argv[1], sys.argv[2], sys.argv[3]
 cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), trainer_name,
                                   "nnunetv2.training.nnUNetTrainer")
 plans = load_json(join(pre, "nnUNetPlans.json"))
+plans["continue_training"] = False  # nnU-Net 2.8.1 pops this key in __init__
 trainer = cls(plans, config, 0, load_json(join(pre, "dataset.json")), torch.device(device))
 trainer.on_train_start()
 trainer.on_epoch_start()
