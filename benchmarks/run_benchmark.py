@@ -55,9 +55,13 @@ ARMS = {
     "DMSPS_stage2": ("nnUNetTrainerDMSPS", "stage2", None),
     "PSSeg": ("nnUNetTrainerPSSeg", "scribble", None),
     "PSSeg_avg": ("nnUNetTrainerPSSeg_avg", "scribble", "PSSeg"),
+    "DMPLS_pLDice": ("nnUNetTrainerDMPLS_pLDice", "scribble", None),
+    "DMSPS_pLDice": ("nnUNetTrainerDMSPS_pLDice", "scribble", None),
+    "PSSeg_pLDice": ("nnUNetTrainerPSSeg_pLDice", "scribble", None),
 }
 DEFAULT_ARMS = ["pL", "dense", "pCE", "DMPLS", "DMSPS", "PSSeg", "DMSPS_stage2", "pCE_keepDS",
-                "DMPLS_avg", "DMSPS_avg", "PSSeg_avg", "DMSPS_paperCE"]
+                "DMPLS_avg", "DMSPS_avg", "PSSeg_avg", "DMSPS_paperCE", "DMPLS_pLDice", "DMSPS_pLDice",
+                "PSSeg_pLDice"]
 
 
 def log(msg: str) -> None:

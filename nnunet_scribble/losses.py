@@ -116,10 +116,14 @@ class MultiDecoderScribbleLoss(nn.Module):
     TERM_WEIGHTS: Dict[str, float] = {"pce": 1.0}
     num_decoders: int = 2
 
-    def __init__(self, ignore_label: int, ds_weights: Optional[Sequence[float]] = None):
+    def __init__(self, ignore_label: int, ds_weights: Optional[Sequence[float]] = None,
+                 supervised_loss: Optional[nn.Module] = None):
         super().__init__()
         self.ignore_label = ignore_label
         self.ds_weights = None if ds_weights is None else tuple(float(w) for w in ds_weights)
+        # supervised term per decoder: pCE (the methods) or e.g. nnU-Net's ignore-label CE + Dice ("pl")
+        self.supervised_loss = supervised_loss
+        self.supervised_name = "pce" if supervised_loss is None else "pl"
         self.iteration = 0          # set by the trainer before each step (ramp-ups)
         self.last_terms: Dict[str, float] = {}
 
@@ -134,12 +138,16 @@ class MultiDecoderScribbleLoss(nn.Module):
         return {}
 
     def term_weight(self, name: str) -> float:
-        return self.TERM_WEIGHTS[name]
+        return 1.0 if name == "pl" else self.TERM_WEIGHTS[name]
 
     # --- shared machinery --------------------------------------------------------------------
-    def partial_ce(self, logits: List[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """pCE averaged over decoders."""
-        return torch.stack([partial_cross_entropy(z, target, self.ignore_label) for z in logits]).mean()
+    def supervised(self, logits: List[torch.Tensor], target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The supervised term averaged over decoders: {"pce": ...} or {"pl": ...}."""
+        if self.supervised_loss is None:
+            losses = [partial_cross_entropy(z, target, self.ignore_label) for z in logits]
+        else:
+            losses = [self.supervised_loss(z, target) for z in logits]
+        return {self.supervised_name: torch.stack(losses).mean()}
 
     def _as_scales(self, outputs, targets):
         if len(outputs) != self.num_decoders:
@@ -181,7 +189,7 @@ class DMPLSLoss(MultiDecoderScribbleLoss):
         with torch.no_grad():
             pseudo = (beta * probs[0] + (1 - beta) * probs[1]).argmax(1)
         dice = torch.stack([dice_to_hard_label(p, pseudo) for p in probs]).mean()
-        return {"pce": self.partial_ce(logits, target), "pseudo_dice": dice}
+        return {**self.supervised(logits, target), "pseudo_dice": dice}
 
 
 class DMSPSLoss(MultiDecoderScribbleLoss):
@@ -191,8 +199,8 @@ class DMSPSLoss(MultiDecoderScribbleLoss):
 
     TERM_WEIGHTS = {"pce": 1.0, "pseudo_ce": 8.0}
 
-    def __init__(self, ignore_label: int, ds_weights=None, double_softmax: bool = False):
-        super().__init__(ignore_label, ds_weights)
+    def __init__(self, ignore_label: int, ds_weights=None, double_softmax: bool = False, supervised_loss=None):
+        super().__init__(ignore_label, ds_weights, supervised_loss)
         self.double_softmax = double_softmax
 
     def sample_iteration(self) -> dict:
@@ -204,7 +212,7 @@ class DMSPSLoss(MultiDecoderScribbleLoss):
             probs = [torch.softmax(z, 1) for z in logits]
             q = alpha * probs[0] + (1 - alpha) * probs[1]
         ce = torch.stack([soft_cross_entropy(z, q, self.double_softmax) for z in logits]).mean()
-        return {"pce": self.partial_ce(logits, target), "pseudo_ce": ce}
+        return {**self.supervised(logits, target), "pseudo_ce": ce}
 
 
 class PSSegLoss(MultiDecoderScribbleLoss):
@@ -219,19 +227,19 @@ class PSSegLoss(MultiDecoderScribbleLoss):
     num_decoders = 3
     num_side_outputs = 3
 
-    def __init__(self, ignore_label: int, ds_weights=None, rampup_iterations: int = 20000):
-        super().__init__(ignore_label, ds_weights)
+    def __init__(self, ignore_label: int, ds_weights=None, rampup_iterations: int = 20000, supervised_loss=None):
+        super().__init__(ignore_label, ds_weights, supervised_loss)
         self.rampup_iterations = rampup_iterations
 
     def term_weight(self, name: str) -> float:
+        if name in ("pce", "pl"):
+            return 1.0
         weight = self.TERM_WEIGHTS[name]
-        if name == "pce":
-            return weight
         return weight * sigmoid_rampup(self.iteration, 0, self.rampup_iterations)
 
     def scale_terms(self, logits, target, params):
         probs = [torch.softmax(z, 1) for z in logits]
-        return {"pce": self.partial_ce(logits, target), "uspc": uncertainty_weighted_consistency(probs)}
+        return {**self.supervised(logits, target), "uspc": uncertainty_weighted_consistency(probs)}
 
     def global_terms(self, outputs):
         n_maps = min(len(outputs[0]), 1 + self.num_side_outputs)

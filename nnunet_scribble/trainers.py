@@ -17,6 +17,7 @@ Class names are part of every checkpoint (nnU-Net resolves the network builder f
 | ``nnUNetTrainerDMSPS_paperCE`` | DMSPS with the paper's pseudo-label CE (the default follows the reference code's double softmax) |
 | ``nnUNetTrainerPSSeg`` | three decoders, USPC + CCAC consistency (Han et al. 2026) |
 | ``..._avg`` | the same training; inference averages the decoders' probabilities |
+| ``..._pLDice`` (DMPLS, DMSPS, PSSeg) | supervised term = nnU-Net's ignore-label CE + Dice per decoder, plus the method's terms |
 
 Every trainer also exists with a training budget suffix (``BUDGETS``), e.g. ``nnUNetTrainerDMPLS_tiny``
 (2 epochs x 4 iterations, for tests) or ``nnUNetTrainer_tiny`` (nnU-Net's own trainer, same budget).
@@ -149,8 +150,19 @@ class nnUNetTrainerMultiDecoder(nnUNetTrainerScribble):
     def total_iterations(self) -> int:
         return self.num_epochs * self.num_iterations_per_epoch
 
+    #: supervised term of every decoder: "pce" (partial CE, as the methods specify) or "pl" (nnU-Net's own
+    #: ignore-label loss, partial CE + masked Dice, i.e. the nnU-Net+pL objective, per decoder)
+    SUPERVISED: str = "pce"
+
     def build_method_loss(self, ds_weights) -> MultiDecoderScribbleLoss:
         raise NotImplementedError
+
+    def supervised_loss(self):
+        """None for pCE, else nnU-Net's own DC_and_CE_loss with the ignore label (without its DS wrapper)."""
+        if self.SUPERVISED == "pce":
+            return None
+        loss = nnUNetTrainer._build_loss(self)
+        return loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
 
     def _build_loss(self):
         self.validation_loss = super()._build_loss()  # pCE on the main decoder
@@ -211,7 +223,7 @@ class nnUNetTrainerDMPLS(nnUNetTrainerMultiDecoder):
     """DMPLS: dual decoder (aux decoder on 0.5-dropout features), Dice to the dynamically mixed hard pseudo label."""
 
     def build_method_loss(self, ds_weights):
-        return DMPLSLoss(self.label_manager.ignore_label, ds_weights)
+        return DMPLSLoss(self.label_manager.ignore_label, ds_weights, self.supervised_loss())
 
 
 class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
@@ -226,7 +238,8 @@ class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
     double_softmax: bool = True
 
     def build_method_loss(self, ds_weights):
-        return DMSPSLoss(self.label_manager.ignore_label, ds_weights, double_softmax=self.double_softmax)
+        return DMSPSLoss(self.label_manager.ignore_label, ds_weights, double_softmax=self.double_softmax,
+                         supervised_loss=self.supervised_loss())
 
 
 class nnUNetTrainerDMSPS_paperCE(nnUNetTrainerDMSPS):
@@ -250,7 +263,26 @@ class nnUNetTrainerPSSeg(nnUNetTrainerMultiDecoder):
 
     def build_method_loss(self, ds_weights):
         rampup = max(1, math.ceil(self.RAMPUP_FRACTION * self.total_iterations))
-        return PSSegLoss(self.label_manager.ignore_label, ds_weights, rampup_iterations=rampup)
+        return PSSegLoss(self.label_manager.ignore_label, ds_weights, rampup_iterations=rampup,
+                         supervised_loss=self.supervised_loss())
+
+
+class nnUNetTrainerDMPLS_pLDice(nnUNetTrainerDMPLS):
+    """DMPLS whose supervised term is nnU-Net's ignore-label CE + Dice (nnU-Net+pL) on each decoder."""
+
+    SUPERVISED = "pl"
+
+
+class nnUNetTrainerDMSPS_pLDice(nnUNetTrainerDMSPS):
+    """DMSPS whose supervised term is nnU-Net's ignore-label CE + Dice (nnU-Net+pL) on each decoder."""
+
+    SUPERVISED = "pl"
+
+
+class nnUNetTrainerPSSeg_pLDice(nnUNetTrainerPSSeg):
+    """PS-Seg whose supervised term is nnU-Net's ignore-label CE + Dice (nnU-Net+pL) on each decoder."""
+
+    SUPERVISED = "pl"
 
 
 class nnUNetTrainerDMPLS_avg(nnUNetTrainerDMPLS):
@@ -277,7 +309,8 @@ BUDGETS = {
 
 BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePreserveDS,
                  nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_avg, nnUNetTrainerDMSPS, nnUNetTrainerDMSPS_avg,
-                 nnUNetTrainerDMSPS_paperCE, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg)
+                 nnUNetTrainerDMSPS_paperCE, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg,
+                 nnUNetTrainerDMPLS_pLDice, nnUNetTrainerDMSPS_pLDice, nnUNetTrainerPSSeg_pLDice)
 
 
 class TrainingBudget:
