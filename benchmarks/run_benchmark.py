@@ -58,10 +58,14 @@ ARMS = {
     "DMPLS_pLDice": ("nnUNetTrainerDMPLS_pLDice", "scribble", None),
     "DMSPS_pLDice": ("nnUNetTrainerDMSPS_pLDice", "scribble", None),
     "PSSeg_pLDice": ("nnUNetTrainerPSSeg_pLDice", "scribble", None),
+    "DMPLS_ramp": ("nnUNetTrainerDMPLS_ramp", "scribble", None),
+    "DMSPS_ramp": ("nnUNetTrainerDMSPS_ramp", "scribble", None),
+    "DMPLS_pLDice_ramp": ("nnUNetTrainerDMPLS_pLDice_ramp", "scribble", None),
+    "DMSPS_pLDice_ramp": ("nnUNetTrainerDMSPS_pLDice_ramp", "scribble", None),
 }
 DEFAULT_ARMS = ["pL", "dense", "pCE", "DMPLS", "DMSPS", "PSSeg", "DMSPS_stage2", "pCE_keepDS",
                 "DMPLS_avg", "DMSPS_avg", "PSSeg_avg", "DMSPS_paperCE", "DMPLS_pLDice", "DMSPS_pLDice",
-                "PSSeg_pLDice"]
+                "PSSeg_pLDice", "DMPLS_ramp", "DMSPS_ramp", "DMPLS_pLDice_ramp", "DMSPS_pLDice_ramp"]
 
 
 def log(msg: str) -> None:

@@ -110,16 +110,20 @@ class MultiDecoderScribbleLoss(nn.Module):
 
     Subclasses define ``TERM_WEIGHTS`` (term name -> weight), ``scale_terms`` (terms of one scale) and
     optionally ``sample_iteration`` (randomness drawn once per iteration, shared by all scales),
-    ``global_terms`` (terms over all scales at once) and ``term_weight`` (e.g. ramp-ups).
+    ``global_terms`` (terms over all scales at once) and ``term_weight``.
+
+    ``rampup = (a, b)`` (iterations) multiplies every unsupervised term by sig(t; a, b), t = ``iteration``
+    (set by the trainer before each step); ``None`` = constant weights.
     """
 
     TERM_WEIGHTS: Dict[str, float] = {"pce": 1.0}
     num_decoders: int = 2
 
     def __init__(self, ignore_label: int, ds_weights: Optional[Sequence[float]] = None,
-                 supervised_loss: Optional[nn.Module] = None):
+                 supervised_loss: Optional[nn.Module] = None, rampup: Optional[Sequence[float]] = None):
         super().__init__()
         self.ignore_label = ignore_label
+        self.rampup = None if rampup is None else (float(rampup[0]), float(rampup[1]))
         self.ds_weights = None if ds_weights is None else tuple(float(w) for w in ds_weights)
         # supervised term per decoder: pCE (the methods) or e.g. nnU-Net's ignore-label CE + Dice ("pl")
         self.supervised_loss = supervised_loss
@@ -138,7 +142,10 @@ class MultiDecoderScribbleLoss(nn.Module):
         return {}
 
     def term_weight(self, name: str) -> float:
-        return 1.0 if name == "pl" else self.TERM_WEIGHTS[name]
+        if name in ("pce", "pl"):
+            return 1.0
+        ramp = 1.0 if self.rampup is None else sigmoid_rampup(self.iteration, *self.rampup)
+        return self.TERM_WEIGHTS[name] * ramp
 
     # --- shared machinery --------------------------------------------------------------------
     def supervised(self, logits: List[torch.Tensor], target: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -199,8 +206,9 @@ class DMSPSLoss(MultiDecoderScribbleLoss):
 
     TERM_WEIGHTS = {"pce": 1.0, "pseudo_ce": 8.0}
 
-    def __init__(self, ignore_label: int, ds_weights=None, double_softmax: bool = False, supervised_loss=None):
-        super().__init__(ignore_label, ds_weights, supervised_loss)
+    def __init__(self, ignore_label: int, ds_weights=None, double_softmax: bool = False, supervised_loss=None,
+                 rampup=None):
+        super().__init__(ignore_label, ds_weights, supervised_loss, rampup)
         self.double_softmax = double_softmax
 
     def sample_iteration(self) -> dict:
@@ -228,14 +236,8 @@ class PSSegLoss(MultiDecoderScribbleLoss):
     num_side_outputs = 3
 
     def __init__(self, ignore_label: int, ds_weights=None, rampup_iterations: int = 20000, supervised_loss=None):
-        super().__init__(ignore_label, ds_weights, supervised_loss)
+        super().__init__(ignore_label, ds_weights, supervised_loss, rampup=(0, rampup_iterations))
         self.rampup_iterations = rampup_iterations
-
-    def term_weight(self, name: str) -> float:
-        if name in ("pce", "pl"):
-            return 1.0
-        weight = self.TERM_WEIGHTS[name]
-        return weight * sigmoid_rampup(self.iteration, 0, self.rampup_iterations)
 
     def scale_terms(self, logits, target, params):
         probs = [torch.softmax(z, 1) for z in logits]

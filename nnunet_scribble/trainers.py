@@ -154,6 +154,15 @@ class nnUNetTrainerMultiDecoder(nnUNetTrainerScribble):
     #: ignore-label loss, partial CE + masked Dice, i.e. the nnU-Net+pL objective, per decoder)
     SUPERVISED: str = "pce"
 
+    #: optional sigmoid ramp-up of the unsupervised (pseudo-label) terms, as fractions (start, end) of the
+    #: run: weight * sig(t; start * T, end * T) with T = epochs x iterations per epoch; None = constant
+    PSEUDO_RAMPUP: Optional[Sequence[float]] = None
+
+    def pseudo_rampup(self) -> Optional[tuple]:
+        if self.PSEUDO_RAMPUP is None:
+            return None
+        return tuple(f * self.total_iterations for f in self.PSEUDO_RAMPUP)
+
     def build_method_loss(self, ds_weights) -> MultiDecoderScribbleLoss:
         raise NotImplementedError
 
@@ -223,7 +232,8 @@ class nnUNetTrainerDMPLS(nnUNetTrainerMultiDecoder):
     """DMPLS: dual decoder (aux decoder on 0.5-dropout features), Dice to the dynamically mixed hard pseudo label."""
 
     def build_method_loss(self, ds_weights):
-        return DMPLSLoss(self.label_manager.ignore_label, ds_weights, self.supervised_loss())
+        return DMPLSLoss(self.label_manager.ignore_label, ds_weights, self.supervised_loss(),
+                         rampup=self.pseudo_rampup())
 
 
 class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
@@ -239,7 +249,7 @@ class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
 
     def build_method_loss(self, ds_weights):
         return DMSPSLoss(self.label_manager.ignore_label, ds_weights, double_softmax=self.double_softmax,
-                         supervised_loss=self.supervised_loss())
+                         supervised_loss=self.supervised_loss(), rampup=self.pseudo_rampup())
 
 
 class nnUNetTrainerDMSPS_paperCE(nnUNetTrainerDMSPS):
@@ -285,6 +295,34 @@ class nnUNetTrainerPSSeg_pLDice(nnUNetTrainerPSSeg):
     SUPERVISED = "pl"
 
 
+#: PyMIC's ACDC schedule for the pseudo-label term, sig(2000 -> 15000) of 60k iterations, as run fractions
+PYMIC_RAMPUP = (2000 / 60000, 15000 / 60000)
+
+
+class nnUNetTrainerDMPLS_ramp(nnUNetTrainerDMPLS):
+    """DMPLS with the pseudo-label Dice ramped up as in PyMIC (sig over 1/30 -> 1/4 of the run)."""
+
+    PSEUDO_RAMPUP = PYMIC_RAMPUP
+
+
+class nnUNetTrainerDMSPS_ramp(nnUNetTrainerDMSPS):
+    """DMSPS with the pseudo-label CE ramped up (sig over 1/30 -> 1/4 of the run, PyMIC's DMPLS schedule)."""
+
+    PSEUDO_RAMPUP = PYMIC_RAMPUP
+
+
+class nnUNetTrainerDMPLS_pLDice_ramp(nnUNetTrainerDMPLS_pLDice):
+    """DMPLS with nnU-Net's ignore-label CE + Dice per decoder and the ramped pseudo-label term."""
+
+    PSEUDO_RAMPUP = PYMIC_RAMPUP
+
+
+class nnUNetTrainerDMSPS_pLDice_ramp(nnUNetTrainerDMSPS_pLDice):
+    """DMSPS with nnU-Net's ignore-label CE + Dice per decoder and the ramped pseudo-label term."""
+
+    PSEUDO_RAMPUP = PYMIC_RAMPUP
+
+
 class nnUNetTrainerDMPLS_avg(nnUNetTrainerDMPLS):
     INFERENCE_MODE = "mean"
 
@@ -310,7 +348,9 @@ BUDGETS = {
 BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePreserveDS,
                  nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_avg, nnUNetTrainerDMSPS, nnUNetTrainerDMSPS_avg,
                  nnUNetTrainerDMSPS_paperCE, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg,
-                 nnUNetTrainerDMPLS_pLDice, nnUNetTrainerDMSPS_pLDice, nnUNetTrainerPSSeg_pLDice)
+                 nnUNetTrainerDMPLS_pLDice, nnUNetTrainerDMSPS_pLDice, nnUNetTrainerPSSeg_pLDice,
+                 nnUNetTrainerDMPLS_ramp, nnUNetTrainerDMSPS_ramp, nnUNetTrainerDMPLS_pLDice_ramp,
+                 nnUNetTrainerDMSPS_pLDice_ramp)
 
 
 class TrainingBudget:

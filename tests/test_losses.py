@@ -186,3 +186,39 @@ def test_multi_decoder_loss_without_deep_supervision():
     loss = DMSPSLoss(3)
     value = loss([o[0] for o in outs], targets[0])
     assert torch.isfinite(value) and value.item() > 0
+
+
+@pytest.mark.parametrize("make", [lambda r: DMPLSLoss(3, ds_weights=(2 / 3, 1 / 3), rampup=r),
+                                  lambda r: DMSPSLoss(3, ds_weights=(2 / 3, 1 / 3), double_softmax=True, rampup=r)])
+def test_pseudo_term_rampup(make):
+    """rampup=(a, b): the pseudo-label term gets sig(t; a, b) (exp(-5) before a, exp(-1.25) half way, 1 after b);
+    the supervised term is never ramped."""
+    outs, targets = _ds_outputs(2)
+    values = {}
+    for t in (0, 20, 30, 40, 1000):
+        loss = make((20, 40))
+        loss.sample_iteration = lambda: {"beta": 0.3, "alpha": 0.3}
+        loss.iteration = t
+        values[t] = (loss(outs, targets).item(), dict(loss.last_terms))
+    (name, lam), = [(k, w) for k, w in type(loss).TERM_WEIGHTS.items() if k != "pce"]
+    for t, ramp in ((0, math.exp(-5)), (20, math.exp(-5)), (30, math.exp(-1.25)), (40, 1.0), (1000, 1.0)):
+        value, terms = values[t]
+        assert value == pytest.approx(terms["pce"] + ramp * lam * terms[name], rel=1e-10)
+    constant = make(None)
+    constant.sample_iteration = lambda: {"beta": 0.3, "alpha": 0.3}
+    constant.iteration = 0
+    assert constant(outs, targets).item() == pytest.approx(values[1000][0], rel=1e-10)
+
+
+def test_trainer_pseudo_rampup_scales_with_run_length():
+    from nnunet_scribble.trainers import (PYMIC_RAMPUP, nnUNetTrainerDMSPS_cpu, nnUNetTrainerDMSPS_pLDice_ramp_cpu,
+                                          nnUNetTrainerDMPLS_ramp_tiny)
+    assert PYMIC_RAMPUP == pytest.approx((1 / 30, 1 / 4))
+    t = object.__new__(nnUNetTrainerDMSPS_pLDice_ramp_cpu)
+    t.num_epochs, t.num_iterations_per_epoch = 40, 25
+    assert t.pseudo_rampup() == pytest.approx((1000 / 30, 250))
+    assert t.SUPERVISED == "pl" and t.double_softmax
+    t = object.__new__(nnUNetTrainerDMPLS_ramp_tiny)
+    t.num_epochs, t.num_iterations_per_epoch = 2, 4
+    assert t.pseudo_rampup() == pytest.approx((8 / 30, 2))
+    assert object.__new__(nnUNetTrainerDMSPS_cpu).pseudo_rampup() is None
