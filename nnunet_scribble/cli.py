@@ -4,6 +4,7 @@
     nnunet_scribble add-configs -d 501 --preset tiny
     nnunet_scribble dmsps-expand -d 501 -c 2d -f 0 -tr nnUNetTrainerDMSPS -o 502 [--tau 0.1] [--lcc slice]
     nnunet_scribble evaluate -pred PRED -ref REF [-l 1 2 3] [-o OUT]
+    nnunet_scribble lcc -i PRED -o PRED_LCC [-np 2]   # keep the largest component per class
     nnunet_scribble demo [--output DIR]
     nnunet_scribble ext-trainer-dir        # for export nnUNet_extTrainer=...
 """
@@ -40,6 +41,15 @@ def _dmsps_expand(args) -> int:
     dmsps_expand(args.d, args.o, args.c, args.f, args.tr, plans_identifier=args.p, tau=args.tau,
                  lcc=args.lcc, checkpoint_name=args.chk, device=args.device, dataset_name=args.name,
                  merge_scribbles=args.merge_scribbles, overwrite=args.overwrite)
+    return 0
+
+
+def _lcc(args) -> int:
+    from nnunet_scribble.postprocessing import apply_lcc_to_folder
+
+    files = apply_lcc_to_folder(args.i, args.o, args.np)
+    print(f"kept the largest component per class in {len(files)} predictions -> {args.o} "
+          f"(rule saved as {os.path.join(args.o, 'postprocessing.pkl')} for nnUNetv2_apply_postprocessing)")
     return 0
 
 
@@ -91,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="Dice/HD95/ASSD against dense labels", add_help=False)
     p.set_defaults(func=None)
+
+    p = sub.add_parser("lcc", help="keep the largest connected component of every class (nnU-Net's function)")
+    p.add_argument("-i", required=True, help="nnUNetv2_predict output folder")
+    p.add_argument("-o", required=True, help="new output folder (must not exist)")
+    p.add_argument("-np", type=int, default=2, help="number of processes")
+    p.set_defaults(func=_lcc)
 
     p = sub.add_parser("demo", help="end-to-end demo on a small synthetic dataset", add_help=False)
     p.set_defaults(func=None)

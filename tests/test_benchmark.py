@@ -34,6 +34,10 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
         assert 0.0 <= row["Dice"][0] <= 1.0
         summary = json.loads(Path(row["summary_file"]).read_text())
         assert len(summary["metric_per_case"]) == 2  # patient 021: two frames
+        # every arm is also evaluated after largest-component post-processing (nnU-Net's function)
+        assert 0.0 <= row["lcc"]["Dice"][0] <= 1.0 and set(row["lcc"]["per_class"]) == {"RV", "MYO", "LV"}
+        lcc_dir = work / "predictions" / f"{key}_lcc"
+        assert len(list(lcc_dir.glob("*.nii.gz"))) == 2 and (lcc_dir / "summary.json").is_file()
     assert (work / "nnUNet_raw").glob("Dataset702_*")  # stage-2 dataset
     stage2 = next((work / "nnUNet_raw").glob("Dataset702_*"))
     assert len(list((stage2 / "labelsTr").glob("*.nii.gz"))) == 6
@@ -45,7 +49,7 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
     assert results["pL_seed0"]["stats"]["s_per_iteration"] > 0
     assert results["pL_seed0"]["train"]["peak_rss_mib"] > 0
     table = (work / "results" / "results.md").read_text()
-    assert "| DMSPS_stage2 | 0 |" in table and "gap closed" in table
+    assert "| DMSPS_stage2 | 0 |" in table and "gap closed" in table and "mean Dice, LCC" in table
     assert (work / "results" / "per_class_dice.png").stat().st_size > 0
     assert (work / "results" / "training_curves.png").stat().st_size > 0
 
