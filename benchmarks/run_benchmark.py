@@ -391,8 +391,10 @@ def write_results(bench: Benchmark, state: dict) -> None:
 def _gap(row, ref, dense, arm=None) -> str:
     """Fraction of the pL -> dense Dice gap closed: (arm - pL) / (dense - pL)."""
     arm = arm or (row or {}).get("arm")
-    if not (row and ref and dense) or arm in ("pL", "dense") or dense["Dice"][0] == ref["Dice"][0]:
+    if not (row and ref and dense) or arm in ("pL", "dense"):
         return "n/a"
+    if dense["Dice"][0] <= ref["Dice"][0]:
+        return "n/a (dense ≤ pL)"  # the ratio is meaningless when the ceiling is not above the bar
     return f"{(row['Dice'][0] - ref['Dice'][0]) / (dense['Dice'][0] - ref['Dice'][0]):+.2f}"
 
 
