@@ -69,3 +69,14 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
     assert rows["pL"]["n_parameters"] < rows["DMSPS_avg"]["n_parameters"] < 2 * rows["pL"]["n_parameters"]
     assert rows["DMSPS_avg"]["inference_s"] > 0
     assert "| DMSPS_avg |" in out.read_text()
+
+
+def test_gap_closed_rule():
+    """(arm - pL) / (dense - pL) on mean Dice; undefined where the ceiling is not above the bar."""
+    from run_benchmark import _gap
+    row = lambda arm, d: {"arm": arm, "Dice": (d, 0.1)}  # noqa: E731
+    assert _gap(row("DMSPS", 0.6), row("pL", 0.4), row("dense", 0.8)) == "+0.50"
+    assert _gap(row("pCE", 0.3), row("pL", 0.4), row("dense", 0.8)) == "-0.25"
+    assert _gap(row("pCE", 0.3), row("pL", 0.4), row("dense", 0.35)) == "n/a (dense ≤ pL)"
+    assert _gap(row("pL", 0.4), row("pL", 0.4), row("dense", 0.8)) == "n/a"
+    assert _gap(row("pCE", 0.3), None, row("dense", 0.8)) == "n/a"
