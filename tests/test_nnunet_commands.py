@@ -460,3 +460,40 @@ def test_nnunet_finds_our_trainers(nn):
     folder = Path(out.strip().splitlines()[-1])
     assert folder.is_dir() and (folder / "nnunet_scribble_trainers.py").is_file()
     assert "from nnunet_scribble.trainers import *" in (folder / "nnunet_scribble_trainers.py").read_text()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 3d_lowres: nnU-Net plans it only for large images, so the test adds one to the plans the way the planner writes
+# it (a full configuration at twice the spacing with its own data identifier), preprocesses it with
+# nnUNetv2_preprocess, shrinks it with add-configs and trains/predicts a multi-decoder trainer on it
+# ------------------------------------------------------------------------------------------------------------------
+def test_3d_lowres_multi_decoder(nn):
+    import copy
+
+    plans_file = nn.preprocessed / nn.dataset_name(DATASET) / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    full = plans["configurations"]["3d_fullres"]
+    low = copy.deepcopy(full)
+    low["data_identifier"] = "nnUNetPlans_3d_lowres"
+    low["spacing"] = [2 * s for s in full["spacing"]]
+    low["median_image_size_in_voxels"] = [max(1, m // 2) for m in full["median_image_size_in_voxels"]]
+    plans["configurations"]["3d_lowres"] = low
+    plans_file.write_text(json.dumps(plans, indent=4))
+    nn.run(nn.script("nnUNetv2_preprocess"), "-d", DATASET, "-c", "3d_lowres", "-np", "2",
+           env_extra={"nnUNet_n_proc_DA": "1"})
+    assert "3d_lowres_tiny" in nn.add_configs(DATASET, "3d_lowres")
+    trainer = "nnUNetTrainerPSSeg_tiny"
+    fold, out = nn.trained(DATASET, "3d_lowres_tiny", trainer)
+    ckpt = load_checkpoint(fold / "checkpoint_final.pth")
+    assert ckpt["init_args"]["configuration"] == "3d_lowres_tiny"
+    assert set(LOSS_TERMS[trainer]) == {k[5:] for k in ckpt["logging"] if k.startswith("loss_")}
+    # the preprocessed training data really is at the lowres spacing: half the voxels per axis (rounded)
+    import blosc2
+    pre = nn.preprocessed / nn.dataset_name(DATASET)
+    case = sorted(p.name for p in (pre / "nnUNetPlans_3d_lowres").glob("*_seg.b2nd"))[0]
+    shape_low = blosc2.open(urlpath=str(pre / "nnUNetPlans_3d_lowres" / case), mode="r").shape
+    shape_full = blosc2.open(urlpath=str(pre / full["data_identifier"] / case), mode="r").shape
+    assert [abs(2 * lo - fu) <= 1 for lo, fu in zip(shape_low[1:], shape_full[1:])] == [True] * 3, (shape_low, shape_full)
+    pred = nn.root / "pred_3d_lowres_psseg"
+    nn.predict(DATASET, "3d_lowres_tiny", trainer, pred)
+    check_predictions(nn, pred)   # back at the original geometry of the test images
