@@ -40,7 +40,7 @@ from nnunet_scribble.losses import DMPLSLoss, DMSPSLoss, MultiDecoderScribbleLos
 from nnunet_scribble.networks import (ChannelMeanFeatureDropout, FeatureDropout, MultiDecoderUNet,
                                       RandomFeatureDropout, build_multi_decoder_network)
 from nnunet_scribble.pretrained import install_pretrained_weights_hook, unwrap_network
-from nnunet_scribble.transforms import ScribblePreservingDownsampleSegForDS
+from nnunet_scribble.transforms import ScribblePreservingDownsampleSegForDS, out_of_image_to_ignore
 
 
 class nnUNetTrainerScribble(nnUNetTrainer):
@@ -51,6 +51,8 @@ class nnUNetTrainerScribble(nnUNetTrainer):
     """
 
     preserve_scribbles_in_ds: bool = False
+    #: voxels outside the image (nnU-Net's -1: cropping, augmentation padding) become ignore, not background
+    out_of_image_as_ignore: bool = True
 
     def initialize(self):
         if not self.was_initialized:
@@ -93,11 +95,17 @@ class nnUNetTrainerScribble(nnUNetTrainer):
             if isinstance(t, DownsampleSegForDSTransform) else t for t in transforms.transforms]
         return transforms
 
+    def _scribble_targets(self, transforms):
+        if self.out_of_image_as_ignore and out_of_image_to_ignore(transforms, self.label_manager.ignore_label) == 0:
+            raise RuntimeError("nnU-Net's RemoveLabelTansform(-1, 0) was not found in the transforms; cannot map "
+                               "out-of-image voxels to the ignore label (nnU-Net version change?)")
+        return self._with_scribble_preserving_ds(transforms)
+
     def get_training_transforms(self, *args, **kwargs):
-        return self._with_scribble_preserving_ds(super().get_training_transforms(*args, **kwargs))
+        return self._scribble_targets(super().get_training_transforms(*args, **kwargs))
 
     def get_validation_transforms(self, *args, **kwargs):
-        return self._with_scribble_preserving_ds(super().get_validation_transforms(*args, **kwargs))
+        return self._scribble_targets(super().get_validation_transforms(*args, **kwargs))
 
 
 class nnUNetTrainerScribblePreserveDS(nnUNetTrainerScribble):
