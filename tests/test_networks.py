@@ -574,3 +574,47 @@ def test_check_scribble_array_messages():
     assert check_scribble_cases([("a", seg), ("b", np.array([1, 2]))], 2) == {"a": 3, "b": 1}
     with pytest.raises(ScribbleDatasetError, match="case b has no annotated voxel"):
         check_scribble_cases([("a", seg), ("b", np.array([2, 2]))], 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# out-of-image voxels: nnU-Net's real augmentation pipeline pads the segmentation with -1 and maps it to 0
+# ----------------------------------------------------------------------------------------------------------
+def _nnunet_training_transforms(ignore_label=4):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    return nnUNetTrainer.get_training_transforms(
+        patch_size=(32, 32), rotation_for_DA=0.0, deep_supervision_scales=None, mirror_axes=(), do_dummy_2d_data_aug=False,
+        foreground_labels=[1, 2, 3], ignore_label=ignore_label)
+
+
+def test_out_of_image_voxels_become_ignore_in_nnunets_real_pipeline():
+    from nnunet_scribble.transforms import out_of_image_to_ignore
+    torch.manual_seed(0)
+    seg = torch.full((1, 20, 20), 4, dtype=torch.int16)   # a 20x20 image, all unannotated ...
+    seg[0, 5:8, 5:15] = 1                                  # ... but one scribble
+    seg[0, 0, :] = -1                                      # a row cropped away by nnU-Net's preprocessing
+    image = torch.randn(1, 20, 20)
+
+    def padded_target(transforms):
+        out = transforms(image=image.clone(), segmentation=seg.clone())
+        return out["segmentation"]
+
+    nn_default = padded_target(_nnunet_training_transforms())
+    assert nn_default.shape[-2:] == (32, 32)               # padded to the patch size
+    background_default = int((nn_default == 0).sum())
+    assert background_default >= 32 * 32 - 20 * 20        # nnU-Net: every padded voxel is "background"
+
+    transforms = _nnunet_training_transforms()
+    assert out_of_image_to_ignore(transforms, 4) == 1
+    ours = padded_target(transforms)
+    assert int((ours == 0).sum()) == 0                     # no voxel of this image was annotated background
+    assert int((ours == 1).sum()) == int((nn_default == 1).sum()) > 0
+    assert set(torch.unique(ours).tolist()) == {1, 4}
+    assert out_of_image_to_ignore(transforms, 4) == 0      # idempotent: nothing left to replace
+
+
+def test_scribble_trainers_refuse_a_pipeline_without_the_label_mapping():
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    t = object.__new__(nnUNetTrainerDMSPS)
+    t.label_manager = LabelManager({"background": 0, "a": 1, "ignore": 2}, regions_class_order=None)
+    with pytest.raises(RuntimeError, match="RemoveLabelTansform"):
+        t._scribble_targets(ComposeTransforms([]))
