@@ -47,6 +47,7 @@ ARMS = {
     "pL": ("nnUNetTrainer", "scribble", None),
     "pCE": ("nnUNetTrainerScribble", "scribble", None),
     "pCE_keepDS": ("nnUNetTrainerScribblePreserveDS", "scribble", None),
+    "pLDice": ("nnUNetTrainerScribble_pLDice", "scribble", None),
     "DMPLS": ("nnUNetTrainerDMPLS", "scribble", None),
     "DMPLS_avg": ("nnUNetTrainerDMPLS_avg", "scribble", "DMPLS"),
     "DMSPS": ("nnUNetTrainerDMSPS", "scribble", None),
@@ -63,7 +64,7 @@ ARMS = {
     "DMPLS_pLDice_ramp": ("nnUNetTrainerDMPLS_pLDice_ramp", "scribble", None),
     "DMSPS_pLDice_ramp": ("nnUNetTrainerDMSPS_pLDice_ramp", "scribble", None),
 }
-DEFAULT_ARMS = ["pL", "dense", "pCE", "DMPLS", "DMSPS", "PSSeg", "DMSPS_stage2", "pCE_keepDS",
+DEFAULT_ARMS = ["pL", "dense", "pCE", "pLDice", "DMPLS", "DMSPS", "PSSeg", "DMSPS_stage2", "pCE_keepDS",
                 "DMPLS_avg", "DMSPS_avg", "PSSeg_avg", "DMSPS_paperCE", "DMPLS_pLDice", "DMSPS_pLDice",
                 "PSSeg_pLDice", "DMPLS_ramp", "DMSPS_ramp", "DMPLS_pLDice_ramp", "DMSPS_pLDice_ramp"]
 

@@ -108,6 +108,14 @@ class nnUNetTrainerScribble(nnUNetTrainer):
         return self._scribble_targets(super().get_validation_transforms(*args, **kwargs))
 
 
+class nnUNetTrainerScribble_pLDice(nnUNetTrainerScribble):
+    """nnU-Net's own ignore-label loss (partial CE + masked Dice, "nnU-Net+pL"), with our scribble checks and
+    out-of-image voxels as ignore: the only difference from ``nnUNetTrainer`` on a scribble dataset."""
+
+    def _build_loss(self):
+        return nnUNetTrainer._build_loss(self)
+
+
 class nnUNetTrainerScribblePreserveDS(nnUNetTrainerScribble):
     """pCE with deep-supervision targets downsampled so that scribbles survive (any-annotated vote)."""
 
@@ -353,7 +361,7 @@ BUDGETS = {
     "gpu": (250, 250, 50),    # GPU benchmark profile (benchmarks/)
 }
 
-BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePreserveDS,
+BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePreserveDS, nnUNetTrainerScribble_pLDice,
                  nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_avg, nnUNetTrainerDMSPS, nnUNetTrainerDMSPS_avg,
                  nnUNetTrainerDMSPS_paperCE, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg,
                  nnUNetTrainerDMPLS_pLDice, nnUNetTrainerDMSPS_pLDice, nnUNetTrainerPSSeg_pLDice,

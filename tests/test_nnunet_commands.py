@@ -31,7 +31,7 @@ LOSS_TERMS = {
     "nnUNetTrainerDMSPS_tiny": {"pce", "pseudo_ce"},
     "nnUNetTrainerPSSeg_tiny": {"pce", "uspc", "ccac"},
 }
-TRAINERS_2D = ["nnUNetTrainerScribble_tiny", "nnUNetTrainerScribblePreserveDS_tiny", "nnUNetTrainerDMPLS_tiny",
+TRAINERS_2D = ["nnUNetTrainerScribble_tiny", "nnUNetTrainerScribblePreserveDS_tiny", "nnUNetTrainerScribble_pLDice_tiny", "nnUNetTrainerDMPLS_tiny",
                "nnUNetTrainerDMSPS_tiny", "nnUNetTrainerPSSeg_tiny", "nnUNetTrainer_tiny"]
 TIMEOUT = 600
 
@@ -196,11 +196,12 @@ import torch.nn.functional as F
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from nnunetv2.paths import nnUNet_preprocessed
-from nnunet_scribble.trainers import nnUNetTrainerScribble_tiny, nnUNetTrainerScribblePreserveDS_tiny
+from nnunet_scribble.trainers import (nnUNetTrainerScribble_tiny, nnUNetTrainerScribblePreserveDS_tiny,
+                                      nnUNetTrainerScribble_pLDice_tiny)
 
 base = join(nnUNet_preprocessed, "Dataset991_ScribbleDemo")
 result = {}
-for cls in (nnUNetTrainerScribble_tiny, nnUNetTrainerScribblePreserveDS_tiny):
+for cls in (nnUNetTrainerScribble_tiny, nnUNetTrainerScribblePreserveDS_tiny, nnUNetTrainerScribble_pLDice_tiny):
     plans = load_json(join(base, "nnUNetPlans.json"))
     plans["continue_training"] = False
     t = cls(plans=plans, configuration="2d_tiny", fold=0, dataset_json=load_json(join(base, "dataset.json")),
@@ -212,6 +213,8 @@ for cls in (nnUNetTrainerScribble_tiny, nnUNetTrainerScribblePreserveDS_tiny):
     ig = t.label_manager.ignore_label
     full, half = next(tr)["target"][:2]
     result[cls.__name__] = {
+        "loss": [type(t.loss).__name__, type(getattr(t.loss, "loss", None)).__name__,
+                 getattr(getattr(t.loss, "loss", None), "ignore_label", None)],
         "kinds": kinds,
         "annotated": [int((full != ig).sum()), int((half != ig).sum())],
         "half_is_any_annotated": bool(torch.equal(half != ig, F.max_pool2d((full != ig).float(), 2).bool())),
@@ -232,6 +235,9 @@ def test_preserve_ds_trainer_targets_in_a_real_batch(nn):
     assert plain["half_is_nearest_exact"] and not plain["half_is_any_annotated"]
     assert ours["half_is_any_annotated"]
     assert ours["annotated"][1] > 0 and plain["annotated"][0] > 0
+    # losses: our pCE at every scale, or nnU-Net's own ignore-label CE + Dice (the nnU-Net+pL objective)
+    assert plain["loss"][:2] == ["DeepSupervisionWrapper", "PartialCELoss"]
+    assert result["nnUNetTrainerScribble_pLDice_tiny"]["loss"] == ["DeepSupervisionWrapper", "DC_and_CE_loss", IGNORE]
 
 
 # ------------------------------------------------------------------------------------------------------------------
