@@ -9,7 +9,7 @@ which a scribble dataset does not have. Here it is applied unconditionally to ev
 through nnU-Net's ``apply_postprocessing_to_folder``; the same rule is written as a ``postprocessing.pkl``
 that ``nnUNetv2_apply_postprocessing -pp_pkl_file`` accepts.
 
-    nnunet_scribble lcc -i pred -o pred_lcc [--pkl postprocessing.pkl] [-np 2]
+    nnunet_scribble lcc -i pred -o pred_lcc [-np 2]   # also writes pred_lcc/postprocessing.pkl
 """
 from __future__ import annotations
 

@@ -258,7 +258,7 @@ class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
     As in the reference code (DMSPS and PyMIC), the pseudo-label CE receives softmax outputs and applies
     log-softmax again (``double_softmax``); this damps the self-training term. The paper's formula
     (``nnUNetTrainerDMSPS_paperCE``) with lambda = 8 collapsed to all-background on ACDC in our CPU
-    benchmark (benchmarks/RESULTS.md).
+    benchmark, in a run made before out-of-image voxels were mapped to ignore (benchmarks/RESULTS.md).
     """
 
     double_softmax: bool = True
