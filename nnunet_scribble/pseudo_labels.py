@@ -127,8 +127,11 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
             expanded = expand_scribbles(probs, ignore, tau, lcc)
             if merge_scribbles:
                 expanded[scribble != ignore] = scribble[scribble != ignore]
-            if not (expanded != ignore).any():
-                print(f"WARNING: {c}: no confident voxel at tau={tau}; keeping its original scribbles")
+            if (expanded != ignore).sum() < (scribble != ignore).sum():
+                # an "expansion" smaller than the scribbles (e.g. only confident background in the zero border,
+                # which nnU-Net's cropping then discards) would leave the case without annotation
+                print(f"WARNING: {c}: fewer confident voxels at tau={tau} than scribbled ones; keeping its "
+                      f"original scribbles")
                 expanded = scribble
             fractions.append(float((expanded != ignore).mean()))
             label_img = sitk.GetImageFromArray(expanded.astype(scribble.dtype))

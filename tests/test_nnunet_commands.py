@@ -302,7 +302,7 @@ def test_continue_and_validation_only(nn):
 # DMSPS stage 2
 # ------------------------------------------------------------------------------------------------------------------
 # tau: an 8-iteration stage-1 model is nowhere confident at the paper's thresholds -- at --tau 0.5 every case
-# falls back to its original scribbles ("no confident voxel"), which would test nothing of the expansion itself.
+# falls back to its original scribbles ("fewer confident voxels"), which would test nothing of the expansion itself.
 # At 0.9 a few percent of the voxels pass the entropy filter.
 TAU = "0.9"
 
@@ -349,7 +349,7 @@ def test_dmsps_stage2_expand_plan_and_train(nn, stage2):
         dense = read(src / "labelsTr_dense" / f"{c}.nii.gz")
         np.testing.assert_array_equal(read(dst / "labelsTr_dense" / f"{c}.nii.gz"), dense)
         if np.array_equal(label, read(src / "labelsTr" / f"{c}.nii.gz")):
-            assert f"WARNING: {c}: no confident voxel" in out   # the documented fallback
+            assert f"WARNING: {c}: fewer confident voxels" in out   # the documented fallback
         else:
             expanded_cases.append(c)
             agree += int((label[mask] == dense[mask]).sum())
