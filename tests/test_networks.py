@@ -587,14 +587,18 @@ def _nnunet_training_transforms(ignore_label=4):
 
 
 def test_out_of_image_voxels_become_ignore_in_nnunets_real_pipeline():
+    import random
+
     from nnunet_scribble.transforms import out_of_image_to_ignore
-    torch.manual_seed(0)
     seg = torch.full((1, 20, 20), 4, dtype=torch.int16)   # a 20x20 image, all unannotated ...
     seg[0, 5:8, 5:15] = 1                                  # ... but one scribble
     seg[0, 0, :] = -1                                      # a row cropped away by nnU-Net's preprocessing
-    image = torch.randn(1, 20, 20)
+    image = torch.randn(1, 20, 20, generator=torch.Generator().manual_seed(0))
 
     def padded_target(transforms):
+        random.seed(0)      # the same augmentation draws for both pipelines (python, numpy and torch generators)
+        np.random.seed(0)
+        torch.manual_seed(0)
         out = transforms(image=image.clone(), segmentation=seg.clone())
         return out["segmentation"]
 
