@@ -237,7 +237,6 @@ class PSSegLoss(MultiDecoderScribbleLoss):
 
     def __init__(self, ignore_label: int, ds_weights=None, rampup_iterations: int = 20000, supervised_loss=None):
         super().__init__(ignore_label, ds_weights, supervised_loss, rampup=(0, rampup_iterations))
-        self.rampup_iterations = rampup_iterations
 
     def scale_terms(self, logits, target, params):
         probs = [torch.softmax(z, 1) for z in logits]
