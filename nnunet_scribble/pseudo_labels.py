@@ -8,6 +8,12 @@ keeps voxels whose normalised entropy u = -sum_c p_c log(p_c + 1e-6) / log C is 
 ("ignore" variant of PyMIC ``_seeds_expand``, METHODS.md §2), and writes a new nnU-Net raw dataset
 with the same images, the expanded labels, the same dense/test labels and the same splits.
 Retraining the stage-1 trainer on that dataset is stage 2.
+
+Two fallbacks keep a case from ending up with *less* annotation than its scribbles (both are reported as
+warnings, never silent): a class that was scribbled in a case but has no confident voxel there gets its
+scribbles back (``restore_lost_classes``; a stage-1 model that is unsure of a class everywhere would
+otherwise teach stage 2 that the class does not exist), and a case whose expansion annotates fewer voxels
+than its scribbles keeps its original scribbles.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 import cc3d
 import numpy as np
@@ -60,6 +66,24 @@ def expand_scribbles(probs: np.ndarray, ignore_label: int, tau: float, lcc: str 
             keep = np.moveaxis(keep, 0, axis)
         out[keep] = c
     return out
+
+
+def restore_lost_classes(expanded: np.ndarray, scribble: np.ndarray, ignore_label: int) -> List[int]:
+    """Give every class that is scribbled in ``scribble`` but absent from ``expanded`` its scribble voxels back
+    (in place); returns those classes."""
+    lost = [int(c) for c in np.unique(scribble[scribble != ignore_label]) if not (expanded == c).any()]
+    for c in lost:
+        expanded[scribble == c] = c
+    return lost
+
+
+def report_lost_classes(lost: Dict[int, List[str]], n_cases: int, labels: Dict[str, int], tau: float) -> None:
+    names = {v: k for k, v in labels.items()}
+    for c, cases in sorted(lost.items()):
+        print(f"WARNING: class {c} ({names.get(c, '?')}) has no confident voxel at tau={tau} in {len(cases)} of "
+              f"{n_cases} cases that scribble it (e.g. {', '.join(cases[:3])}); their scribbles of that class were "
+              f"kept. A stage-1 model this unsure of a class gives stage 2 little to learn: train it longer or raise "
+              f"--tau.")
 
 
 def _dataset_paths(dataset):
@@ -117,7 +141,7 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
         predictor.predict_from_files(inputs, [os.path.join(tmp, c) for c in cases], save_probabilities=True,
                                      overwrite=True, num_processes_preprocessing=1,
                                      num_processes_segmentation_export=1)
-        fractions = []
+        fractions, lost = [], {}
         for c in cases:
             probs = np.load(os.path.join(tmp, c + ".npz"))["probabilities"].astype(np.float32)
             scribble_img = read_image(raw / "labelsTr" / f"{c}{ending}")
@@ -127,6 +151,8 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
             expanded = expand_scribbles(probs, ignore, tau, lcc)
             if merge_scribbles:
                 expanded[scribble != ignore] = scribble[scribble != ignore]
+            for k in restore_lost_classes(expanded, scribble, ignore):
+                lost.setdefault(k, []).append(c)
             if (expanded != ignore).sum() < (scribble != ignore).sum():
                 # an "expansion" smaller than the scribbles (e.g. only confident background in the zero border,
                 # which nnU-Net's cropping then discards) would leave the case without annotation
@@ -139,6 +165,7 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
             images = [read_image(p) for p in inputs[cases.index(c)]]
             dense_file = raw / "labelsTr_dense" / f"{c}{ending}"
             writer.add_training_case(c, images, label_img, read_image(dense_file) if dense_file.is_file() else None)
+        report_lost_classes(lost, len(cases), dataset_json["labels"], tau)
         for image_file in sorted((raw / "imagesTs").glob(f"*_0000{ending}")) if (raw / "imagesTs").is_dir() else []:
             c = image_file.name[:-len(f"_0000{ending}")]
             dense_file = raw / "labelsTs" / f"{c}{ending}"

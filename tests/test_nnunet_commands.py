@@ -346,6 +346,9 @@ def test_dmsps_stage2_expand_plan_and_train(nn, stage2):
         assert set(np.unique(label).tolist()) <= {0, 1, 2, IGNORE}
         mask = label != IGNORE
         assert mask.sum() >= 1, c
+        scribble = read(src / "labelsTr" / f"{c}.nii.gz")
+        # no class the case was scribbled with disappears (restore_lost_classes)
+        assert set(np.unique(scribble[scribble != IGNORE]).tolist()) <= set(np.unique(label[mask]).tolist()), c
         dense = read(src / "labelsTr_dense" / f"{c}.nii.gz")
         np.testing.assert_array_equal(read(dst / "labelsTr_dense" / f"{c}.nii.gz"), dense)
         if np.array_equal(label, read(src / "labelsTr" / f"{c}.nii.gz")):
