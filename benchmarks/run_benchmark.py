@@ -8,6 +8,9 @@ Every arm trains on the same scribbles, fold, plans configuration and budget (pr
 * ``cpu``: nnU-Net's planned topology shrunk through its own plans mechanism (``<config>_cpu`` from
   ``nnunet_scribble.plans.PRESETS``) and the trainers' ``_cpu`` budget (``trainers.BUDGETS``);
 * ``gpu``: nnU-Net's default plans and the ``_gpu`` budget;
+* ``cpulowres``: for large images (BTCV): the ``cpu`` widths at half the in-plane resolution with one stage
+  fewer (``<config>_cpulowres``, preprocessed once with ``nnUNetv2_preprocess``) and the longer ``_cpulong``
+  budget;
 * ``tiny``: plumbing test only (``tests/test_benchmark.py``).
 
 Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling), ``pL`` (nnU-Net default
@@ -39,6 +42,7 @@ PROFILES = {
     "cpu": {"budget": "cpu", "preset": "cpu"},
     "gpu": {"budget": "gpu", "preset": None},
     "tiny": {"budget": "tiny", "preset": "tiny"},
+    "cpulowres": {"budget": "cpulong", "preset": "cpulowres"},
 }
 
 # arm -> trainer base name, dataset kind ("scribble" | "dense" | "stage2"), parent arm for *_avg arms
@@ -162,19 +166,27 @@ class Benchmark:
             self.plan(kind)
 
     def plan(self, kind: str) -> None:
+        from nnunet_scribble.plans import needs_preprocessing
         name = self.dataset_name(kind)
         base = self.args.config
-        plans = self.work / "nnUNet_preprocessed" / name / "nnUNetPlans.json"
-        if not (plans.exists() and self.config in json.loads(plans.read_text())["configurations"]):
+        preprocessed = self.work / "nnUNet_preprocessed" / name
+        plans = preprocessed / "nnUNetPlans.json"
+        if not (plans.exists() and base in json.loads(plans.read_text())["configurations"]):
             log(f"plan and preprocess {name} ({base})")
             self.run([self.bin / "nnUNetv2_plan_and_preprocess", "-d", self.ids[kind], "-c", base, "-np", "2",
                       "-npfp", "2", "--verify_dataset_integrity"], {"nnUNet_n_proc_DA": "1"})
-            if self.profile["preset"]:
-                self.run([sys.executable, "-m", "nnunet_scribble", "add-configs", "-d", self.ids[kind],
-                          "--preset", self.profile["preset"], "-c", base])
             splits = self.raw_folder(kind) / "splits_final.json"
             if splits.exists():
-                shutil.copy(splits, self.work / "nnUNet_preprocessed" / name / "splits_final.json")
+                shutil.copy(splits, preprocessed / "splits_final.json")
+        preset = self.profile["preset"]
+        if preset and self.config not in json.loads(plans.read_text())["configurations"]:
+            self.run([sys.executable, "-m", "nnunet_scribble", "add-configs", "-d", self.ids[kind],
+                      "--preset", preset, "-c", base])
+        done = preprocessed / f".preprocessed_{self.config}"
+        if preset and needs_preprocessing(preset) and not done.exists():
+            log(f"preprocess {name} ({self.config}: own spacing)")
+            self.run([self.bin / "nnUNetv2_preprocess", "-d", self.ids[kind], "-c", self.config, "-np", "2"])
+            done.write_text("nnUNetv2_preprocess finished\n")
 
     # ------------------------------------------------------------------ arms
     def train(self, arm: str, seed: int) -> dict:

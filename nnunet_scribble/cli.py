@@ -27,11 +27,13 @@ def _simulate(args) -> int:
 
 
 def _add_configs(args) -> int:
-    from nnunet_scribble.plans import add_configurations, plans_file_path
+    from nnunet_scribble.plans import add_configurations, needs_preprocessing, plans_file_path
 
     plans_file = args.plans_file or plans_file_path(args.d, args.p)
     added = add_configurations(plans_file, args.preset, args.c)
     print(f"added configurations {added} to {plans_file}")
+    if added and needs_preprocessing(args.preset):
+        print(f"these have their own spacing; next: nnUNetv2_preprocess -d {args.d} -c {' '.join(added)}")
     return 0
 
 

@@ -4,6 +4,11 @@
 Each one ``inherits_from`` the planned configuration (nnU-Net's shallow ``dict.update``), so it shares
 its preprocessing (same ``data_identifier``, no re-preprocessing) and patch size and only changes the
 feature widths of the planned architecture and the batch size. Train and predict with ``-c 2d_tiny``.
+
+Presets with a ``spacing_factor`` (``cpulowres``) also coarsen the in-plane target spacing by that factor,
+shrink the patch and median image size to match and drop the deepest ``stages_dropped`` stages, as
+nnU-Net's own ``3d_lowres`` does for 3D; such a configuration gets its own ``data_identifier`` and must be
+preprocessed once: ``nnUNetv2_preprocess -d ID -c 2d_cpulowres`` (``needs_preprocessing`` says so).
 """
 from __future__ import annotations
 
@@ -12,12 +17,22 @@ import json
 import os
 from typing import Dict, Sequence
 
+import numpy as np
+
 PRESETS: Dict[str, dict] = {
     # tests and the demo: a few seconds per epoch on a laptop CPU
     "tiny": {"first_features": 8, "max_features": 64, "batch_size": 2},
     # CPU benchmark profile (benchmarks/): nnU-Net's topology at a quarter of its width
     "cpu": {"first_features": 8, "max_features": 128, "batch_size": 4},
+    # CPU benchmark profile for large images (BTCV): half the in-plane resolution, one stage fewer
+    "cpulowres": {"first_features": 8, "max_features": 128, "batch_size": 4, "spacing_factor": 2,
+                  "stages_dropped": 1},
 }
+
+
+def needs_preprocessing(preset: str) -> bool:
+    """Whether configurations of ``preset`` have their own spacing (run ``nnUNetv2_preprocess -c ...``)."""
+    return PRESETS[preset].get("spacing_factor", 1) != 1
 
 
 def _shrunk_architecture(architecture: dict, first_features: int, max_features: int) -> dict:
@@ -26,6 +41,30 @@ def _shrunk_architecture(architecture: dict, first_features: int, max_features: 
     n_stages = len(kwargs["features_per_stage"])
     kwargs["features_per_stage"] = [min(first_features * 2 ** i, max_features) for i in range(n_stages)]
     return arch
+
+
+def _lowres(config: dict, architecture: dict, factor: int, stages_dropped: int, name: str) -> dict:
+    """Keys that coarsen ``config`` in plane by ``factor`` and drop its deepest ``stages_dropped`` stages."""
+    spacing, patch, median = config["spacing"], config["patch_size"], config["median_image_size_in_voxels"]
+    in_plane = range(len(spacing) - 2, len(spacing))  # the last two axes (x, y); 3D keeps z
+    new_patch = [p // factor if i in in_plane else p for i, p in enumerate(patch)]
+    kwargs = architecture["arch_kwargs"]
+    n_stages = kwargs["n_stages"] - stages_dropped
+    if n_stages < 2:
+        raise ValueError(f"configuration {name!r}: dropping {stages_dropped} stage(s) leaves {n_stages}")
+    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
+        kwargs[key] = kwargs[key][:n_stages]
+    kwargs["n_conv_per_stage_decoder"] = kwargs["n_conv_per_stage_decoder"][:n_stages - 1]
+    kwargs["n_stages"] = n_stages
+    total_stride = [int(s) for s in np.prod(kwargs["strides"], axis=0)]
+    for p, s in zip(new_patch, total_stride):
+        if p % s:
+            raise ValueError(f"configuration {name!r}: patch {new_patch} is not divisible by the network's "
+                             f"total stride {total_stride}; use another spacing_factor/stages_dropped")
+    return {"data_identifier": f"nnUNetPlans_{name}",
+            "spacing": [s * factor if i in in_plane else s for i, s in enumerate(spacing)],
+            "patch_size": new_patch,
+            "median_image_size_in_voxels": [m / factor if i in in_plane else m for i, m in enumerate(median)]}
 
 
 def plans_file_path(dataset: str | int, plans_identifier: str = "nnUNetPlans") -> str:
@@ -56,12 +95,14 @@ def add_configurations(plans_file: str, preset: str = "tiny",
             raise ValueError(f"configuration {base!r} in {plans_file} has no 'architecture' entry "
                              f"(it inherits it); pass the configuration that defines it")
         name = f"{base}_{preset}"
-        plans["configurations"][name] = {
-            "inherits_from": base,
-            "architecture": _shrunk_architecture(config["architecture"], settings["first_features"],
-                                                 settings["max_features"]),
-            "batch_size": min(settings["batch_size"], config["batch_size"]),
-        }
+        architecture = _shrunk_architecture(config["architecture"], settings["first_features"],
+                                            settings["max_features"])
+        new = {"inherits_from": base, "architecture": architecture,
+               "batch_size": min(settings["batch_size"], config["batch_size"])}
+        if needs_preprocessing(preset):
+            new.update(_lowres(config, architecture, settings["spacing_factor"], settings.get("stages_dropped", 0),
+                               name))
+        plans["configurations"][name] = new
         added.append(name)
     tmp = plans_file + ".tmp"
     with open(tmp, "w") as f:

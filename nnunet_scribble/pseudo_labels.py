@@ -28,7 +28,7 @@ import cc3d
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_scribble.plans import PRESETS
+from nnunet_scribble.plans import PRESETS, needs_preprocessing
 from nnunet_scribble.raw_dataset import RawDatasetWriter, read_image
 
 
@@ -182,7 +182,9 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
           f"(source scribbles: {dataset_json.get('annotated_fraction', 'n/a')})")
     base, _, preset = configuration.rpartition("_")
     plan = (f"nnUNetv2_plan_and_preprocess -d {target_id} -c {base} && nnunet_scribble add-configs -d {target_id} "
-            f"--preset {preset} -c {base}") if preset in PRESETS and base else \
+            f"--preset {preset} -c {base}" + (f" && nnUNetv2_preprocess -d {target_id} -c {configuration}"
+                                              if needs_preprocessing(preset) else "")) \
+        if preset in PRESETS and base else \
         f"nnUNetv2_plan_and_preprocess -d {target_id} -c {configuration}"
     print(f"wrote {writer.target}\nnext: {plan} && nnUNetv2_train {target_id} {configuration} {fold} -tr {trainer}")
     return writer.target

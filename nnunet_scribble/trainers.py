@@ -358,6 +358,7 @@ BUDGETS = {
     "tiny": (2, 4, 2),        # tests
     "demo": (6, 12, 3),       # README demo on a laptop CPU
     "cpu": (40, 25, 5),       # CPU benchmark profile (benchmarks/)
+    "cpulong": (100, 40, 5),  # CPU benchmark profile for large images (BTCV; benchmarks/)
     "gpu": (250, 250, 50),    # GPU benchmark profile (benchmarks/)
 }
 
