@@ -11,7 +11,7 @@ Every arm trains on the same scribbles, fold, plans configuration and budget (pr
 * ``cpulowres``: for large images (BTCV): the ``cpu`` widths at half the in-plane resolution with one stage
   fewer (``<config>_cpulowres``, preprocessed once with ``nnUNetv2_preprocess``) and the longer ``_cpulong``
   budget;
-* ``tiny``: plumbing test only (``tests/test_benchmark.py``).
+* ``tiny``, ``tinylowres``: plumbing tests only (``tests/test_benchmark.py``).
 
 Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling), ``pL`` (nnU-Net default
 trainer on the scribbles, i.e. its ignore-label pCE + Dice: the bar), ``pCE``, ``pCE_keepDS``, ``DMPLS``,
@@ -42,6 +42,7 @@ PROFILES = {
     "cpu": {"budget": "cpu", "preset": "cpu"},
     "gpu": {"budget": "gpu", "preset": None},
     "tiny": {"budget": "tiny", "preset": "tiny"},
+    "tinylowres": {"budget": "tiny", "preset": "tinylowres"},
     "cpulowres": {"budget": "cpulong", "preset": "cpulowres"},
 }
 
@@ -92,6 +93,13 @@ class Benchmark:
                         nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "2"))
         self.results_dir = self.work / "results"
         self.results_dir.mkdir(parents=True, exist_ok=True)
+        # predictions and results are named by arm and seed only: one work folder per dataset/configuration
+        setup = {"dataset": args.dataset, "configuration": self.config, "fold": args.fold}
+        setup_file = self.work / "benchmark_setup.json"
+        if setup_file.exists() and json.loads(setup_file.read_text()) != setup:
+            raise SystemExit(f"{self.work} holds a benchmark of {json.loads(setup_file.read_text())}, not {setup}: "
+                             f"use another --work folder")
+        setup_file.write_text(json.dumps(setup) + "\n")
         self.logfile = self.work / "commands.log"
 
     # ------------------------------------------------------------------ helpers

@@ -6,7 +6,8 @@ its preprocessing (same ``data_identifier``, no re-preprocessing) and patch size
 feature widths of the planned architecture and the batch size. Train and predict with ``-c 2d_tiny``.
 
 Presets with a ``spacing_factor`` (``cpulowres``) also coarsen the in-plane target spacing by that factor,
-shrink the patch and median image size to match and drop the deepest ``stages_dropped`` stages, as
+shrink the patch (rounded up to a multiple of the
+network's total stride, as nnU-Net's planner does) and median image size to match and drop the deepest ``stages_dropped`` stages, as
 nnU-Net's own ``3d_lowres`` does for 3D; such a configuration gets its own ``data_identifier`` and must be
 preprocessed once: ``nnUNetv2_preprocess -d ID -c 2d_cpulowres`` (``needs_preprocessing`` says so).
 """
@@ -22,6 +23,8 @@ import numpy as np
 PRESETS: Dict[str, dict] = {
     # tests and the demo: a few seconds per epoch on a laptop CPU
     "tiny": {"first_features": 8, "max_features": 64, "batch_size": 2},
+    "tinylowres": {"first_features": 8, "max_features": 64, "batch_size": 2, "spacing_factor": 2,
+                   "stages_dropped": 1},
     # CPU benchmark profile (benchmarks/): nnU-Net's topology at a quarter of its width
     "cpu": {"first_features": 8, "max_features": 128, "batch_size": 4},
     # CPU benchmark profile for large images (BTCV): half the in-plane resolution, one stage fewer
@@ -56,11 +59,9 @@ def _lowres(config: dict, architecture: dict, factor: int, stages_dropped: int, 
         kwargs[key] = kwargs[key][:n_stages]
     kwargs["n_conv_per_stage_decoder"] = kwargs["n_conv_per_stage_decoder"][:n_stages - 1]
     kwargs["n_stages"] = n_stages
+    # like nnU-Net's planner (pad_shape), round the patch up to what the network can divide
     total_stride = [int(s) for s in np.prod(kwargs["strides"], axis=0)]
-    for p, s in zip(new_patch, total_stride):
-        if p % s:
-            raise ValueError(f"configuration {name!r}: patch {new_patch} is not divisible by the network's "
-                             f"total stride {total_stride}; use another spacing_factor/stages_dropped")
+    new_patch = [int(np.ceil(p / s)) * s for p, s in zip(new_patch, total_stride)]
     return {"data_identifier": f"nnUNetPlans_{name}",
             "spacing": [s * factor if i in in_plane else s for i, s in enumerate(spacing)],
             "patch_size": new_patch,

@@ -71,6 +71,33 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
     assert "| DMSPS_avg |" in out.read_text()
 
 
+def test_benchmark_lowres_profile_preprocesses_its_own_spacing(acdc_data, tmp_path):
+    """A profile whose preset has its own spacing (``cpulowres`` for BTCV; ``tinylowres`` here) runs
+    nnUNetv2_preprocess for that configuration once, trains and predicts on it; a work folder used for
+    another configuration is refused."""
+    import run_benchmark
+
+    work = tmp_path / "bench"
+    argv = ["--dataset", "acdc", "--data", str(acdc_data), "--work", str(work), "--profile", "tinylowres",
+            "--cases", "41,42,43,21", "--test-cases", "21", "--arms", "pL", "--no-lcc"]
+    assert run_benchmark.main(argv) == 0
+    pre = next((work / "nnUNet_preprocessed").glob("Dataset700_*"))
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())["configurations"]
+    assert plans["2d_tinylowres"]["spacing"] == [2 * s for s in plans["2d"]["spacing"]]
+    assert (pre / ".preprocessed_2d_tinylowres").is_file()
+    n_train = len(list(next((work / "nnUNet_raw").glob("Dataset700_*")).glob("labelsTr/*.nii.gz")))
+    assert n_train == 6 and len(list((pre / "nnUNetPlans_2d_tinylowres").glob("*_seg.b2nd"))) == n_train
+    results = json.loads((work / "results" / "results.json").read_text())
+    assert set(results) == {"pL_seed0"} and 0.0 <= results["pL_seed0"]["Dice"][0] <= 1.0
+    assert (next(work.glob("nnUNet_results/Dataset700_*/nnUNetTrainer_tiny__nnUNetPlans__2d_tinylowres/fold_0"))
+            / "checkpoint_final.pth").is_file()
+    log_before = (work / "commands.log").read_text()
+    assert run_benchmark.main(argv) == 0   # resume: nothing redone, not even the preprocessing
+    assert (work / "commands.log").read_text() == log_before
+    with pytest.raises(SystemExit, match="another --work folder"):
+        run_benchmark.main([a if a != "tinylowres" else "tiny" for a in argv])
+
+
 def test_gap_closed_rule():
     """(arm - pL) / (dense - pL) on mean Dice; undefined where the ceiling is not above the bar."""
     from run_benchmark import _gap

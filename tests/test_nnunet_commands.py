@@ -506,3 +506,37 @@ def test_3d_lowres_multi_decoder(nn):
     pred = nn.root / "pred_3d_lowres_psseg"
     nn.predict(DATASET, "3d_lowres_tiny", trainer, pred)
     check_predictions(nn, pred)   # back at the original geometry of the test images
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the cpulowres preset (BTCV benchmark profile): its own spacing, so nnUNetv2_preprocess runs for it; then a
+# multi-decoder trainer trains and predicts on it back at the test images' geometry
+# ------------------------------------------------------------------------------------------------------------------
+def test_cpulowres_preset_preprocess_train_predict(nn):
+    import blosc2
+
+    out = nn.run(sys.executable, "-m", "nnunet_scribble", "add-configs", "-d", DATASET, "--preset", "cpulowres",
+                 "-c", "2d")
+    assert "2d_cpulowres" in out and f"nnUNetv2_preprocess -d {DATASET} -c 2d_cpulowres" in out
+    plans = json.loads((nn.preprocessed / nn.dataset_name(DATASET) / "nnUNetPlans.json").read_text())
+    full, low = plans["configurations"]["2d"], plans["configurations"]["2d_cpulowres"]
+    assert low["spacing"] == [2 * s for s in full["spacing"]]
+    assert low["patch_size"] == [p // 2 for p in full["patch_size"]]
+    nn.run(nn.script("nnUNetv2_preprocess"), "-d", DATASET, "-c", "2d_cpulowres", "-np", "2",
+           env_extra={"nnUNet_n_proc_DA": "1"})
+    pre = nn.preprocessed / nn.dataset_name(DATASET)
+    case = sorted(p.name for p in (pre / "nnUNetPlans_2d_cpulowres").glob("*_seg.b2nd"))[0]
+    shape_low = blosc2.open(urlpath=str(pre / "nnUNetPlans_2d_cpulowres" / case), mode="r").shape
+    shape_full = blosc2.open(urlpath=str(pre / full["data_identifier"] / case), mode="r").shape
+    assert shape_low[1] == shape_full[1]   # slices are kept
+    assert [abs(2 * lo - fu) <= 1 for lo, fu in zip(shape_low[2:], shape_full[2:])] == [True] * 2, (shape_low, shape_full)
+    trainer = "nnUNetTrainerDMSPS_pLDice_tiny"
+    fold, _ = nn.trained(DATASET, "2d_cpulowres", trainer)
+    ckpt = load_checkpoint(fold / "checkpoint_final.pth")
+    assert ckpt["init_args"]["configuration"] == "2d_cpulowres"
+    stages = {int(k.split(".")[2]) for k in ckpt["network_weights"] if k.startswith("encoder.stages.")}
+    assert len(stages) == low["architecture"]["arch_kwargs"]["n_stages"] == \
+        full["architecture"]["arch_kwargs"]["n_stages"] - 1
+    pred = nn.root / "pred_2d_cpulowres"
+    nn.predict(DATASET, "2d_cpulowres", trainer, pred)
+    check_predictions(nn, pred)
