@@ -423,18 +423,25 @@ def _ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b not in (None, 0) else "n/a"
 
 
+def _references(rows: dict, seed: int):
+    """The bar and the ceiling a row is compared with: pL and dense of the same seed (seed 0 where that arm
+    was not repeated with this seed)."""
+    return (rows.get(f"pL_seed{seed}") or rows.get("pL_seed0"),
+            rows.get(f"dense_seed{seed}") or rows.get("dense_seed0"))
+
+
 def results_markdown(bench: Benchmark, rows: dict) -> str:
-    ref = rows.get("pL_seed0")
-    dense = rows.get("dense_seed0")
     n_cases = len(json.loads(Path(state_file_of(rows)).read_text())["metric_per_case"])
     lines = [f"Profile `{bench.args.profile}`, configuration `{bench.config}`, fold {bench.args.fold}, "
-             f"{n_cases} test cases; mean ± std over test cases of the per-case foreground-class mean.",
+             f"{n_cases} test cases; mean ± std over test cases of the per-case foreground-class mean. "
+             f"Gap closed and ratios: against pL (and dense) of the same seed, seed 0 where not repeated.",
              "",
              "| arm | seed | mean Dice | HD95 (mm) | ASSD (mm) | gap closed | mean Dice, LCC | HD95, LCC (mm) | "
              "gap closed, LCC | s/iter (ratio to pL) | train peak RSS ratio | inference time ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, r in sorted(rows.items(), key=lambda kv: (kv[1]["seed"], DEFAULT_ARMS.index(kv[1]["arm"])
                                                       if kv[1]["arm"] in DEFAULT_ARMS else 99)):
+        ref, dense = _references(rows, r["seed"])
         gap = _gap(r, ref, dense)
         gap_lcc = _gap(r.get("lcc"), (ref or {}).get("lcc"), (dense or {}).get("lcc"), r["arm"])
         lcc = r.get("lcc")

@@ -98,6 +98,15 @@ def test_benchmark_lowres_profile_preprocesses_its_own_spacing(acdc_data, tmp_pa
         run_benchmark.main([a if a != "tinylowres" else "tiny" for a in argv])
 
 
+def test_rows_are_compared_with_pl_and_dense_of_their_own_seed():
+    from run_benchmark import _references
+    rows = {"pL_seed0": "pL0", "pL_seed1": "pL1", "dense_seed0": "dense0", "DMSPS_seed1": "x"}
+    assert _references(rows, 0) == ("pL0", "dense0")
+    assert _references(rows, 1) == ("pL1", "dense0")   # dense not repeated with seed 1
+    assert _references(rows, 2) == ("pL0", "dense0")
+    assert _references({}, 1) == (None, None)
+
+
 def test_gap_closed_rule():
     """(arm - pL) / (dense - pL) on mean Dice; undefined where the ceiling is not above the bar."""
     from run_benchmark import _gap
