@@ -6,10 +6,10 @@ its preprocessing (same ``data_identifier``, no re-preprocessing) and patch size
 feature widths of the planned architecture and the batch size. Train and predict with ``-c 2d_tiny``.
 
 Presets with a ``spacing_factor`` (``cpulowres``) also coarsen the in-plane target spacing by that factor,
-shrink the patch (rounded up to a multiple of the
-network's total stride, as nnU-Net's planner does) and median image size to match and drop the deepest ``stages_dropped`` stages, as
-nnU-Net's own ``3d_lowres`` does for 3D; such a configuration gets its own ``data_identifier`` and must be
-preprocessed once: ``nnUNetv2_preprocess -d ID -c 2d_cpulowres`` (``needs_preprocessing`` says so).
+shrink the patch (rounded up to a multiple of the network's total stride, as nnU-Net's planner does) and
+the median image size to match, and drop the deepest ``stages_dropped`` stages, in the spirit of
+nnU-Net's own ``3d_lowres``. Such a configuration gets its own ``data_identifier`` and is preprocessed
+once: ``nnUNetv2_preprocess -d ID -c 2d_cpulowres`` (``needs_preprocessing`` says so).
 """
 from __future__ import annotations
 
