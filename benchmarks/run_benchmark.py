@@ -96,9 +96,9 @@ class Benchmark:
         # predictions and results are named by arm and seed only: one work folder per dataset/configuration
         setup = {"dataset": args.dataset, "configuration": self.config, "fold": args.fold}
         setup_file = self.work / "benchmark_setup.json"
-        if setup_file.exists() and json.loads(setup_file.read_text()) != setup:
-            raise SystemExit(f"{self.work} holds a benchmark of {json.loads(setup_file.read_text())}, not {setup}: "
-                             f"use another --work folder")
+        previous = json.loads(setup_file.read_text()) if setup_file.exists() else setup
+        if previous != setup:
+            raise SystemExit(f"{self.work} holds a benchmark of {previous}, not {setup}: use another --work folder")
         setup_file.write_text(json.dumps(setup) + "\n")
         self.logfile = self.work / "commands.log"
 
@@ -179,15 +179,25 @@ class Benchmark:
         base = self.args.config
         preprocessed = self.work / "nnUNet_preprocessed" / name
         plans = preprocessed / "nnUNetPlans.json"
-        if not (plans.exists() and base in json.loads(plans.read_text())["configurations"]):
+        configurations = json.loads(plans.read_text())["configurations"] if plans.exists() else {}
+        # nnU-Net writes the plans before it preprocesses: an interrupted run leaves plans without data.
+        # Finished = our marker, or (work folders from before the marker) one preprocessed seg per training case
+        done_base = preprocessed / f".preprocessed_{base}"
+        if not done_base.exists() and base in configurations:
+            n_training = json.loads((self.raw_folder(kind) / "dataset.json").read_text())["numTraining"]
+            if len(list((preprocessed / configurations[base]["data_identifier"]).glob("*_seg.b2nd"))) == n_training:
+                done_base.write_text("nnUNetv2_plan_and_preprocess finished\n")
+        if not done_base.exists():
             log(f"plan and preprocess {name} ({base})")
             self.run([self.bin / "nnUNetv2_plan_and_preprocess", "-d", self.ids[kind], "-c", base, "-np", "2",
                       "-npfp", "2", "--verify_dataset_integrity"], {"nnUNet_n_proc_DA": "1"})
             splits = self.raw_folder(kind) / "splits_final.json"
             if splits.exists():
                 shutil.copy(splits, preprocessed / "splits_final.json")
+            configurations = json.loads(plans.read_text())["configurations"]
+            done_base.write_text("nnUNetv2_plan_and_preprocess finished\n")
         preset = self.profile["preset"]
-        if preset and self.config not in json.loads(plans.read_text())["configurations"]:
+        if preset and self.config not in configurations:
             self.run([sys.executable, "-m", "nnunet_scribble", "add-configs", "-d", self.ids[kind],
                       "--preset", preset, "-c", base])
         done = preprocessed / f".preprocessed_{self.config}"
@@ -225,12 +235,20 @@ class Benchmark:
         torch.save(ckpt, dst / "checkpoint_final.pth")
 
     def expand_stage2(self, seed: int) -> None:
+        """One stage-2 dataset per work folder, expanded by the DMSPS model of the seed that first needs it
+        (recorded in ``stage2_seed.txt``; a folder without it was expanded by seed 0)."""
+        marker = self.work / "stage2_seed.txt"
         if self.raw_folder("stage2") is not None:
+            expanded_by = int(marker.read_text()) if marker.exists() else 0
+            if expanded_by != seed:
+                raise SystemExit(f"the stage-2 dataset in {self.work} was expanded by the seed-{expanded_by} DMSPS "
+                                 f"model; DMSPS_stage2 with seed {seed} needs its own --work folder")
             return
         log("DMSPS stage 2: expanding the scribbles with the DMSPS model")
         self.run([sys.executable, "-m", "nnunet_scribble", "dmsps-expand", "-d", self.ids["scribble"], "-o",
                   self.ids["stage2"], "-c", self.config, "-f", self.args.fold, "-tr", self.trainer("DMSPS"),
                   "-device", self.device], {"nnUNet_results": str(self.results_root(seed))})
+        marker.write_text(f"{seed}\n")
         self.plan("stage2")
 
     def predict(self, arm: str, seed: int) -> dict:
@@ -542,6 +560,9 @@ def parse_args(argv=None):
     p.add_argument("--no-lcc", dest="no_lcc", action="store_true",
                    help="skip the largest-component post-processed evaluation (reported next to the raw one)")
     args = p.parse_args(argv)
+    if "DMSPS_stage2" in args.seed_arms and any(seed != 0 for seed in args.seeds):
+        p.error("DMSPS_stage2 cannot be repeated with other seeds in one work folder (its expanded dataset comes "
+                "from one DMSPS model): run other seeds with their own --work folder and --seeds")
     if args.test_cases is None and args.dataset == "acdc":
         args.test_cases = list(range(21, 41))
     return args

@@ -1,7 +1,7 @@
 """Checks that a dataset really is a scribble dataset, with messages that say what to fix."""
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,11 +25,12 @@ def check_ignore_label(label_manager, dataset_name: str = "this dataset") -> int
     return int(label_manager.ignore_label)
 
 
-def check_scribble_array(seg: np.ndarray, ignore_label: int, case: str) -> int:
+def check_scribble_array(seg: np.ndarray, ignore_label: int, case: str, out_of_image_is_annotated: bool = False) -> int:
     """Validate one (preprocessed or raw) scribble map; returns its number of annotated voxels.
 
-    Values allowed: 0..ignore_label, plus -1 (nnU-Net marks annotated background outside the
-    nonzero crop with -1; it becomes background during training).
+    Values allowed: 0..ignore_label, plus -1 (nnU-Net's preprocessing marks annotated background outside
+    the nonzero crop with -1). Our trainers train -1 as ignore, so by default it does not count as
+    annotated; ``out_of_image_is_annotated`` counts it (for training that maps -1 to background).
     """
     values = np.unique(seg)
     bad = values[(values > ignore_label) | (values < -1)]
@@ -37,14 +38,33 @@ def check_scribble_array(seg: np.ndarray, ignore_label: int, case: str) -> int:
         raise ScribbleDatasetError(
             f"case {case}: label values {bad.tolist()} are outside 0..{ignore_label} (ignore = {ignore_label}). "
             f"The ignore label must be the highest value; fix the label file or dataset.json.")
-    annotated = int(np.count_nonzero(seg != ignore_label))
+    annotated_mask = (seg != ignore_label) if out_of_image_is_annotated else (seg >= 0) & (seg != ignore_label)
+    annotated = int(np.count_nonzero(annotated_mask))
     if annotated == 0:
         raise ScribbleDatasetError(
-            f"case {case} has no annotated voxel (every voxel is the ignore label {ignore_label}). "
+            f"case {case} has no annotated voxel (every voxel is the ignore label {ignore_label}"
+            f"{'' if out_of_image_is_annotated else ' or outside the image'}). "
             f"Add scribbles to it or remove it from the training split.")
     return annotated
 
 
-def check_scribble_cases(cases: Iterable[Tuple[str, np.ndarray]], ignore_label: int) -> dict:
-    """Check every (case, seg) pair; returns {case: annotated voxel count}."""
-    return {case: check_scribble_array(np.asarray(seg), ignore_label, case) for case, seg in cases}
+def check_scribble_cases(cases: Iterable[Tuple[str, np.ndarray]], ignore_label: int,
+                         classes: Optional[Sequence[int]] = None, out_of_image_is_annotated: bool = False) -> dict:
+    """Check every (case, seg) pair; returns {case: annotated voxel count}.
+
+    With ``classes``, every one of them must be scribbled in at least one case: a class without a single
+    annotated voxel gets no supervision and can never be learned.
+    """
+    counts, seen = {}, set()
+    for case, seg in cases:
+        seg = np.asarray(seg)
+        counts[case] = check_scribble_array(seg, ignore_label, case, out_of_image_is_annotated)
+        if classes is not None:
+            seen.update(int(v) for v in np.unique(seg))
+    missing = [c for c in (classes or []) if c not in seen]
+    if missing:
+        raise ScribbleDatasetError(
+            f"label value(s) {missing} carry no scribble in any of the {len(counts)} training cases: these classes "
+            f"would never be learned. Scribble them in at least one training case (or remove them from "
+            f"dataset.json 'labels').")
+    return counts

@@ -1,6 +1,6 @@
 """End-to-end demo on a small synthetic 3D dataset (runs in a few minutes on a laptop CPU).
 
-    nnunet_scribble_demo [--output DIR] [--keep]
+    nnunet_scribble_demo [--output DIR] [--budget SUFFIX]
 
 1. generates a synthetic 3D dataset with dense ground truth (two blob classes in noise),
 2. simulates interior+border scribbles on the training cases (``scribble_simulation``),
@@ -93,6 +93,24 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def is_demo_folder(root: Path) -> bool:
+    """A folder an earlier demo run made: its log and its raw dataset are there."""
+    return (root / "demo.log").is_file() and any((root / "nnUNet_raw").glob(f"Dataset{DEMO_DATASET_ID}_*"))
+
+
+def prepare_output(root: Path) -> Path:
+    """An empty working folder: a new or empty one, or an earlier demo run's (replaced). Anything else is
+    refused, so that a mistyped ``--output`` never deletes user data."""
+    root = root.resolve()
+    if root.exists():
+        if not root.is_dir() or (any(root.iterdir()) and not is_demo_folder(root)):
+            raise SystemExit(f"{root} exists and is not an earlier nnunet_scribble_demo folder; the demo would "
+                             f"replace its contents. Pass a new or empty folder with --output.")
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    return root
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="nnunet_scribble_demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,10 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from nnunet_scribble.evaluation import evaluate_folder
 
-    root = Path(args.output).resolve()
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+    root = prepare_output(Path(args.output))
     log = root / "demo.log"
     env = nnunet_env(root)
     device = device_name()

@@ -239,11 +239,13 @@ def compute_case_metrics(pred: np.ndarray, ref: np.ndarray, labels: list[int],
 # ----------------------------------------------------------------------------------------------------------------------
 # folder evaluation
 # ----------------------------------------------------------------------------------------------------------------------
-def _read_image(filename: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Read an image with SimpleITK; return the array and the spacing per array axis (reversed GetSpacing())."""
+def _read_image(filename: str, with_position: bool = False):
+    """Read an image with SimpleITK; return the array and the spacing per array axis (reversed GetSpacing()),
+    and with ``with_position`` also its origin and direction (SimpleITK order)."""
     import SimpleITK as sitk
     image = sitk.ReadImage(filename)
-    return sitk.GetArrayFromImage(image), tuple(float(s) for s in reversed(image.GetSpacing()))
+    out = sitk.GetArrayFromImage(image), tuple(float(s) for s in reversed(image.GetSpacing()))
+    return out + (image.GetOrigin(), image.GetDirection()) if with_position else out
 
 
 def _case_name(filename: str, file_ending: str) -> str:
@@ -266,8 +268,8 @@ def _labels_in_file(filename: str) -> list[int]:
 
 def _evaluate_case(prediction_file: str, reference_file: str, labels: list[int]) -> dict:
     """Read one pair, check geometry, and return a ``metric_per_case`` entry."""
-    pred, pred_spacing = _read_image(prediction_file)
-    ref, ref_spacing = _read_image(reference_file)
+    pred, pred_spacing, pred_origin, pred_direction = _read_image(prediction_file, with_position=True)
+    ref, ref_spacing, ref_origin, ref_direction = _read_image(reference_file, with_position=True)
     case = os.path.basename(reference_file)
     if pred.shape != ref.shape:
         raise ValueError(f"Case {case}: prediction shape {pred.shape} != reference shape {ref.shape} "
@@ -276,6 +278,13 @@ def _evaluate_case(prediction_file: str, reference_file: str, labels: list[int])
     if np.any(np.abs(sp - sr) > SPACING_RTOL * np.maximum(np.abs(sp), np.abs(sr))):
         raise ValueError(f"Case {case}: prediction spacing {pred_spacing} != reference spacing {ref_spacing} "
                          f"(per array axis, relative tolerance {SPACING_RTOL})")
+    # same grid size and spacing but shifted or re-oriented: the voxels would be compared at other places
+    if not np.allclose(pred_origin, ref_origin, rtol=0, atol=SPACING_RTOL * float(np.max(sr))):
+        raise ValueError(f"Case {case}: prediction origin {tuple(np.round(pred_origin, 4))} != reference origin "
+                         f"{tuple(np.round(ref_origin, 4))} (prediction {prediction_file})")
+    if not np.allclose(pred_direction, ref_direction, rtol=0, atol=SPACING_RTOL):
+        raise ValueError(f"Case {case}: prediction direction {tuple(np.round(pred_direction, 4))} != reference "
+                         f"direction {tuple(np.round(ref_direction, 4))} (prediction {prediction_file})")
     return {"metrics": compute_case_metrics(pred, ref, labels, ref_spacing),
             "prediction_file": prediction_file, "reference_file": reference_file}
 

@@ -46,7 +46,8 @@ def _shrunk_architecture(architecture: dict, first_features: int, max_features: 
     return arch
 
 
-def _lowres(config: dict, architecture: dict, factor: int, stages_dropped: int, name: str) -> dict:
+def _lowres(config: dict, architecture: dict, factor: int, stages_dropped: int, name: str,
+            plans_name: str = "nnUNetPlans") -> dict:
     """Keys that coarsen ``config`` in plane by ``factor`` and drop its deepest ``stages_dropped`` stages."""
     spacing, patch, median = config["spacing"], config["patch_size"], config["median_image_size_in_voxels"]
     in_plane = range(len(spacing) - 2, len(spacing))  # the last two axes (x, y); 3D keeps z
@@ -55,14 +56,16 @@ def _lowres(config: dict, architecture: dict, factor: int, stages_dropped: int, 
     n_stages = kwargs["n_stages"] - stages_dropped
     if n_stages < 2:
         raise ValueError(f"configuration {name!r}: dropping {stages_dropped} stage(s) leaves {n_stages}")
-    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
-        kwargs[key] = kwargs[key][:n_stages]
+    # per-stage encoder lists: PlainConvUNet has n_conv_per_stage, the ResEnc presets n_blocks_per_stage
+    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage", "n_blocks_per_stage"):
+        if key in kwargs:
+            kwargs[key] = kwargs[key][:n_stages]
     kwargs["n_conv_per_stage_decoder"] = kwargs["n_conv_per_stage_decoder"][:n_stages - 1]
     kwargs["n_stages"] = n_stages
     # like nnU-Net's planner (pad_shape), round the patch up to what the network can divide
     total_stride = [int(s) for s in np.prod(kwargs["strides"], axis=0)]
     new_patch = [int(np.ceil(p / s)) * s for p, s in zip(new_patch, total_stride)]
-    return {"data_identifier": f"nnUNetPlans_{name}",
+    return {"data_identifier": f"{plans_name}_{name}",
             "spacing": [s * factor if i in in_plane else s for i, s in enumerate(spacing)],
             "patch_size": new_patch,
             "median_image_size_in_voxels": [m / factor if i in in_plane else m for i, m in enumerate(median)]}
@@ -102,7 +105,7 @@ def add_configurations(plans_file: str, preset: str = "tiny",
                "batch_size": min(settings["batch_size"], config["batch_size"])}
         if needs_preprocessing(preset):
             new.update(_lowres(config, architecture, settings["spacing_factor"], settings.get("stages_dropped", 0),
-                               name))
+                               name, plans.get("plans_name", "nnUNetPlans")))
         plans["configurations"][name] = new
         added.append(name)
     tmp = plans_file + ".tmp"

@@ -181,10 +181,12 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
     print(f"expanded labels cover {100 * np.mean(fractions):.1f}% of the voxels on average "
           f"(source scribbles: {dataset_json.get('annotated_fraction', 'n/a')})")
     base, _, preset = configuration.rpartition("_")
-    plan = (f"nnUNetv2_plan_and_preprocess -d {target_id} -c {base} && nnunet_scribble add-configs -d {target_id} "
-            f"--preset {preset} -c {base}" + (f" && nnUNetv2_preprocess -d {target_id} -c {configuration}"
-                                              if needs_preprocessing(preset) else "")) \
-        if preset in PRESETS and base else \
-        f"nnUNetv2_plan_and_preprocess -d {target_id} -c {configuration}"
+    if preset in PRESETS and base:
+        plan = (f"nnUNetv2_plan_and_preprocess -d {target_id} -c {base} && "
+                f"nnunet_scribble add-configs -d {target_id} --preset {preset} -c {base}")
+        if needs_preprocessing(preset):
+            plan += f" && nnUNetv2_preprocess -d {target_id} -c {configuration}"
+    else:
+        plan = f"nnUNetv2_plan_and_preprocess -d {target_id} -c {configuration}"
     print(f"wrote {writer.target}\nnext: {plan} && nnUNetv2_train {target_id} {configuration} {fold} -tr {trainer}")
     return writer.target

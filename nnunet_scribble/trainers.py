@@ -47,7 +47,8 @@ class nnUNetTrainerScribble(nnUNetTrainer):
     """Partial cross-entropy on annotated voxels only, at every deep-supervision scale.
 
     Refuses to train (before the first step) on a dataset without an ignore label, with label values
-    above it, or with a training case that has no annotated voxel.
+    above it, with a training case that has no annotated voxel, or with a class that is scribbled in no
+    training case of the fold.
     """
 
     preserve_scribbles_in_ds: bool = False
@@ -69,8 +70,10 @@ class nnUNetTrainerScribble(nnUNetTrainer):
         """Load every training case of this fold from the preprocessed folder and validate its labels."""
         tr_keys, _ = self.do_split()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, tr_keys)
-        counts = check_scribble_cases(((k, dataset.load_case(k)[1][:]) for k in tr_keys),
-                                      self.label_manager.ignore_label)
+        ignore = self.label_manager.ignore_label
+        counts = check_scribble_cases(((k, dataset.load_case(k)[1][:]) for k in tr_keys), ignore,
+                                      classes=[c for c in self.label_manager.all_labels if c != ignore],
+                                      out_of_image_is_annotated=not self.out_of_image_as_ignore)
         self.print_to_log_file(f"Scribble check passed: {len(counts)} training cases, annotated voxels per case "
                                f"{min(counts.values())}..{max(counts.values())}")
         return counts

@@ -4,6 +4,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,15 +32,17 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
     assert set(results) == {"pL_seed0", "DMSPS_seed0", "DMSPS_avg_seed0", "DMSPS_stage2_seed0", "pL_seed1"}
     for key, row in results.items():
         assert set(row["per_class"]) == {"RV", "MYO", "LV"}
-        assert 0.0 <= row["Dice"][0] <= 1.0
         summary = json.loads(Path(row["summary_file"]).read_text())
         assert len(summary["metric_per_case"]) == 2  # patient 021: two frames
+        # the table's mean Dice: mean and std over cases of each case's mean over the 3 classes
+        per_case = [np.mean([c["metrics"][k]["Dice"] for k in ("1", "2", "3")]) for c in summary["metric_per_case"]]
+        assert row["Dice"] == pytest.approx([np.mean(per_case), np.std(per_case)])
         # every arm is also evaluated after largest-component post-processing (nnU-Net's function)
         assert 0.0 <= row["lcc"]["Dice"][0] <= 1.0 and set(row["lcc"]["per_class"]) == {"RV", "MYO", "LV"}
         lcc_dir = work / "predictions" / f"{key}_lcc"
         assert len(list(lcc_dir.glob("*.nii.gz"))) == 2 and (lcc_dir / "summary.json").is_file()
-    assert (work / "nnUNet_raw").glob("Dataset702_*")  # stage-2 dataset
-    stage2 = next((work / "nnUNet_raw").glob("Dataset702_*"))
+    stage2 = next((work / "nnUNet_raw").glob("Dataset702_*"))  # the stage-2 dataset, from seed 0's DMSPS
+    assert (work / "stage2_seed.txt").read_text() == "0\n"
     assert len(list((stage2 / "labelsTr").glob("*.nii.gz"))) == 6
     # the *_avg arm reuses DMSPS's weights with the _avg trainer name (decoder-mean inference)
     import torch
@@ -96,6 +99,24 @@ def test_benchmark_lowres_profile_preprocesses_its_own_spacing(acdc_data, tmp_pa
     assert (work / "commands.log").read_text() == log_before
     with pytest.raises(SystemExit, match="another --work folder"):
         run_benchmark.main([a if a != "tinylowres" else "tiny" for a in argv])
+    # an interrupted nnUNetv2_plan_and_preprocess (plans written, a case missing, no marker) is run again
+    (pre / ".preprocessed_2d").unlink()
+    missing = sorted((pre / plans["2d"]["data_identifier"]).glob("*_seg.b2nd"))[0]
+    missing.unlink()
+    assert run_benchmark.main(argv) == 0
+    log_after = (work / "commands.log").read_text()[len(log_before):]
+    assert "nnUNetv2_plan_and_preprocess -d 700" in log_after and "nnUNetv2_train" not in log_after
+    assert missing.is_file() and (pre / ".preprocessed_2d").is_file()
+
+
+def test_stage2_is_not_repeated_with_other_seeds_in_one_work_folder(tmp_path):
+    import run_benchmark
+    with pytest.raises(SystemExit):
+        run_benchmark.parse_args(["--dataset", "acdc", "--data", str(tmp_path), "--work", str(tmp_path),
+                                  "--arms", "DMSPS_stage2", "--seeds", "0", "1", "--seed-arms", "DMSPS_stage2"])
+    args = run_benchmark.parse_args(["--dataset", "acdc", "--data", str(tmp_path), "--work", str(tmp_path),
+                                     "--arms", "DMSPS_stage2", "--seeds", "0", "1", "--seed-arms", "pL"])
+    assert args.seed_arms == ["pL"]
 
 
 def test_rows_are_compared_with_pl_and_dense_of_their_own_seed():

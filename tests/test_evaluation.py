@@ -168,9 +168,13 @@ ARRAY_SPACING = SITK_SPACING[::-1]    # (z, y, x) for the numpy arrays
 SHAPE = (6, 10, 12)
 
 
-def _write(array: np.ndarray, filename: str, spacing=SITK_SPACING) -> None:
+def _write(array: np.ndarray, filename: str, spacing=SITK_SPACING, origin=None, direction=None) -> None:
     image = sitk.GetImageFromArray(array.astype(np.uint8))
     image.SetSpacing(spacing)
+    if origin is not None:
+        image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
     sitk.WriteImage(image, filename)
 
 
@@ -292,6 +296,20 @@ def test_evaluate_folder_spacing_mismatch(folders):
         evaluate_folder(pred_dir, ref_dir)
     # differences below the relative tolerance of 1e-3 are accepted
     _write(cases["case_a"][0], os.path.join(pred_dir, "case_a.nii.gz"), spacing=(0.8, 0.9, 2.5001))
+    evaluate_folder(pred_dir, ref_dir)
+
+
+def test_evaluate_folder_origin_and_direction_mismatch(folders):
+    """Same grid size and spacing, but shifted or flipped: refused, not scored at the wrong voxels."""
+    pred_dir, ref_dir, cases = folders
+    path = os.path.join(pred_dir, "case_a.nii.gz")
+    _write(cases["case_a"][0], path, origin=(0.0, 0.0, 5.0))       # 2 slices of 2.5 mm away
+    with pytest.raises(ValueError, match="case_a.*origin"):
+        evaluate_folder(pred_dir, ref_dir)
+    _write(cases["case_a"][0], path, direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1))   # x flipped
+    with pytest.raises(ValueError, match="case_a.*direction"):
+        evaluate_folder(pred_dir, ref_dir)
+    _write(cases["case_a"][0], path, origin=(0.0, 0.0, 0.0001))     # below the tolerance: accepted
     evaluate_folder(pred_dir, ref_dir)
 
 

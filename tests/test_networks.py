@@ -564,16 +564,27 @@ def test_check_ignore_label_messages():
 
 def test_check_scribble_array_messages():
     seg = np.array([[0, 1, 2], [2, 2, -1]])
-    assert check_scribble_array(seg, 2, "c0") == 3    # -1 (annotated background outside the crop) counts
+    assert check_scribble_array(seg, 2, "c0") == 2    # -1 (outside the image) is trained as ignore by our trainers
+    assert check_scribble_array(seg, 2, "c0", out_of_image_is_annotated=True) == 3
+    with pytest.raises(ScribbleDatasetError, match="case c3 has no annotated voxel .*or outside the image"):
+        check_scribble_array(np.array([[-1, 2], [2, -1]]), 2, "c3")
+    assert check_scribble_array(np.array([[-1, 2], [2, -1]]), 2, "c3", out_of_image_is_annotated=True) == 2
     with pytest.raises(ScribbleDatasetError, match=r"case c1: label values \[4\] are outside 0\.\.2"):
         check_scribble_array(np.array([[0, 4], [2, 2]]), 2, "c1")
     with pytest.raises(ScribbleDatasetError, match=r"outside 0\.\.2"):
         check_scribble_array(np.array([[0, -2], [2, 2]]), 2, "c1b")
     with pytest.raises(ScribbleDatasetError, match="case c2 has no annotated voxel"):
         check_scribble_array(np.full((1, 3, 3), 2), 2, "c2")
-    assert check_scribble_cases([("a", seg), ("b", np.array([1, 2]))], 2) == {"a": 3, "b": 1}
+    assert check_scribble_cases([("a", seg), ("b", np.array([1, 2]))], 2) == {"a": 2, "b": 1}
     with pytest.raises(ScribbleDatasetError, match="case b has no annotated voxel"):
         check_scribble_cases([("a", seg), ("b", np.array([2, 2]))], 2)
+    # every class must be scribbled somewhere in the training cases, not necessarily in each case
+    assert check_scribble_cases([("a", np.array([0, 3])), ("b", np.array([1, 3]))], 3, classes=[0, 1]) == \
+        {"a": 1, "b": 1}
+    with pytest.raises(ScribbleDatasetError, match=r"label value\(s\) \[2\] carry no scribble in any of the 2"):
+        check_scribble_cases([("a", np.array([0, 3])), ("b", np.array([1, 3]))], 3, classes=[0, 1, 2])
+    with pytest.raises(ScribbleDatasetError, match=r"\[0\] carry no scribble"):   # -1 is not background here
+        check_scribble_cases([("a", np.array([-1, 1, 2]))], 2, classes=[0, 1])
 
 
 # ----------------------------------------------------------------------------------------------------------

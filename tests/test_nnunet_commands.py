@@ -133,6 +133,14 @@ def nn(tmp_path_factory) -> NnUNet:
     return n
 
 
+def preprocessed_seg_shapes(nn: NnUNet, *data_identifiers: str) -> list:
+    """Shape of the first case's preprocessed segmentation in each of the given data identifiers."""
+    import blosc2
+    pre = nn.preprocessed / nn.dataset_name(DATASET)
+    case = sorted(p.name for p in (pre / data_identifiers[0]).glob("*_seg.b2nd"))[0]
+    return [blosc2.open(urlpath=str(pre / ident / case), mode="r").shape for ident in data_identifiers]
+
+
 def check_predictions(nn: NnUNet, pred: Path, dataset_id=DATASET):
     from nnunet_scribble.evaluation import evaluate_folder
 
@@ -422,16 +430,18 @@ def test_training_refuses_non_scribble_datasets(nn):
                    {"d0": _square_label(1, 0), "d1": _square_label(1, 0)},
                    [{"train": ["d0"], "val": ["d1"]}], nn.preprocessed)
     # 994: scribbles with ignore 2; fold 0 trains on a case without any annotation,
-    # fold 1 on a case with a label value above the ignore label
+    # fold 1 on a case with a label value above the ignore label, fold 2 on cases where the blob is never scribbled
     good = np.full((2, 24, 24), 2, np.uint8)
     good[:, 12, 4:20] = 1
     good[:, 2, 2:22] = 0
     empty = np.full((2, 24, 24), 2, np.uint8)
     above = good.copy()
     above[:, 20, 4:8] = 3
+    background_only = np.where(good == 1, 2, good).astype(np.uint8)
     _write_dataset(nn.raw, scribble_id, "Broken", {"background": 0, "blob": 1, "ignore": 2},
-                   {"g0": good, "g1": good, "empty": empty, "above": above},
-                   [{"train": ["g0", "empty"], "val": ["g1"]}, {"train": ["g0", "above"], "val": ["g1"]}],
+                   {"g0": good, "g1": good, "empty": empty, "above": above, "bg": background_only},
+                   [{"train": ["g0", "empty"], "val": ["g1"]}, {"train": ["g0", "above"], "val": ["g1"]},
+                    {"train": ["bg"], "val": ["g1"]}],
                    nn.preprocessed)
     # without --verify_dataset_integrity: nnU-Net's verification would already reject the value 3 in 994
     # ("Unexpected labels found"), so our trainer is the safety net for datasets planned without it
@@ -449,6 +459,7 @@ def test_training_refuses_non_scribble_datasets(nn):
     refused(dense_id, 0, "declares no 'ignore' label")
     refused(scribble_id, 0, "case empty has no annotated voxel")
     refused(scribble_id, 1, "case above: label values [3] are outside 0..2")
+    refused(scribble_id, 2, "label value(s) [1] carry no scribble in any of the 1 training cases")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -497,11 +508,7 @@ def test_3d_lowres_multi_decoder(nn):
     assert ckpt["init_args"]["configuration"] == "3d_lowres_tiny"
     assert set(LOSS_TERMS[trainer]) == {k[5:] for k in ckpt["logging"] if k.startswith("loss_")}
     # the preprocessed training data really is at the lowres spacing: half the voxels per axis (rounded)
-    import blosc2
-    pre = nn.preprocessed / nn.dataset_name(DATASET)
-    case = sorted(p.name for p in (pre / "nnUNetPlans_3d_lowres").glob("*_seg.b2nd"))[0]
-    shape_low = blosc2.open(urlpath=str(pre / "nnUNetPlans_3d_lowres" / case), mode="r").shape
-    shape_full = blosc2.open(urlpath=str(pre / full["data_identifier"] / case), mode="r").shape
+    shape_low, shape_full = preprocessed_seg_shapes(nn, "nnUNetPlans_3d_lowres", full["data_identifier"])
     assert [abs(2 * lo - fu) <= 1 for lo, fu in zip(shape_low[1:], shape_full[1:])] == [True] * 3, (shape_low, shape_full)
     pred = nn.root / "pred_3d_lowres_psseg"
     nn.predict(DATASET, "3d_lowres_tiny", trainer, pred)
@@ -513,8 +520,6 @@ def test_3d_lowres_multi_decoder(nn):
 # multi-decoder trainer trains and predicts on it back at the test images' geometry
 # ------------------------------------------------------------------------------------------------------------------
 def test_cpulowres_preset_preprocess_train_predict(nn):
-    import blosc2
-
     out = nn.run(sys.executable, "-m", "nnunet_scribble", "add-configs", "-d", DATASET, "--preset", "cpulowres",
                  "-c", "2d")
     assert "2d_cpulowres" in out and f"nnUNetv2_preprocess -d {DATASET} -c 2d_cpulowres" in out
@@ -524,10 +529,7 @@ def test_cpulowres_preset_preprocess_train_predict(nn):
     assert low["patch_size"] == [p // 2 for p in full["patch_size"]]
     nn.run(nn.script("nnUNetv2_preprocess"), "-d", DATASET, "-c", "2d_cpulowres", "-np", "2",
            env_extra={"nnUNet_n_proc_DA": "1"})
-    pre = nn.preprocessed / nn.dataset_name(DATASET)
-    case = sorted(p.name for p in (pre / "nnUNetPlans_2d_cpulowres").glob("*_seg.b2nd"))[0]
-    shape_low = blosc2.open(urlpath=str(pre / "nnUNetPlans_2d_cpulowres" / case), mode="r").shape
-    shape_full = blosc2.open(urlpath=str(pre / full["data_identifier"] / case), mode="r").shape
+    shape_low, shape_full = preprocessed_seg_shapes(nn, "nnUNetPlans_2d_cpulowres", full["data_identifier"])
     assert shape_low[1] == shape_full[1]   # slices are kept
     assert [abs(2 * lo - fu) <= 1 for lo, fu in zip(shape_low[2:], shape_full[2:])] == [True] * 2, (shape_low, shape_full)
     trainer = "nnUNetTrainerDMSPS_pLDice_tiny"

@@ -82,3 +82,24 @@ def test_unknown_preset_and_missing_plans_are_refused(plans_file, tmp_path):
         add_configurations(str(plans_file), "huge")
     with pytest.raises(FileNotFoundError, match="nnUNetv2_plan_and_preprocess"):
         add_configurations(str(tmp_path / "missing.json"), "cpu")
+
+
+def test_lowres_preset_on_resenc_plans(tmp_path):
+    """ResEnc plans (nnUNetResEncUNetMPlans) list encoder blocks as n_blocks_per_stage; their lowres
+    configuration is preprocessed into a folder named after that plans file."""
+    resenc = copy.deepcopy(ARCH_2D)
+    resenc["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    kwargs = resenc["arch_kwargs"]
+    kwargs["n_blocks_per_stage"] = [1, 3, 4, 6, 6, 6, 6]
+    del kwargs["n_conv_per_stage"]
+    plans = {"plans_name": "nnUNetResEncUNetMPlans",
+             "configurations": {"2d": dict(copy.deepcopy(PLANS["configurations"]["2d"]), architecture=resenc,
+                                           data_identifier="nnUNetResEncUNetMPlans_2d")}}
+    path = tmp_path / "nnUNetResEncUNetMPlans.json"
+    path.write_text(json.dumps(plans))
+    assert add_configurations(str(path), "cpulowres", ["2d"]) == ["2d_cpulowres"]
+    config = json.loads(path.read_text())["configurations"]["2d_cpulowres"]
+    assert config["data_identifier"] == "nnUNetResEncUNetMPlans_2d_cpulowres"
+    k = config["architecture"]["arch_kwargs"]
+    assert k["n_stages"] == 6 and k["n_blocks_per_stage"] == [1, 3, 4, 6, 6, 6] and "n_conv_per_stage" not in k
+    assert k["n_conv_per_stage_decoder"] == [2] * 5 and config["patch_size"] == [128, 128]
