@@ -199,7 +199,7 @@ def convert_btcv(src_dir, out_raw_dir, dataset_id: int, dataset_name: str = "BTC
 
 
 def main(argv=None) -> int:
-    from nnunet_scribble.scribble_simulation import GENERATORS
+    from nnunet_scribble.scribble_simulation import AXIS_HELP, GENERATORS, axis_argument
 
     ap = argparse.ArgumentParser(prog="nnunet_scribble_convert_btcv",
                                  description="BTCV abdominal CT -> nnU-Net v2 raw dataset with simulated scribbles "
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help="only convert these case numbers, e.g. '6-9,26'")
     ap.add_argument("--method", default="interior_border", choices=GENERATORS)
     ap.add_argument("--every-nth", type=int, default=None, help="keep scribbles on every n-th slice only")
-    ap.add_argument("--axis", default="0", help="slicing axis of the (z,y,x) array, or 'none' for 3D scribbles")
+    ap.add_argument("--axis", type=axis_argument, default=0, help=AXIS_HELP)
     ap.add_argument("--halvings", type=int, default=0, help="DMSPS scribble halvings (default 0)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folds", type=int, default=5)
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not a.out:
         ap.error("no output folder: pass -o or set nnUNet_raw")
-    axis = None if a.axis.lower() == "none" else int(a.axis)
+    axis = a.axis
     out = convert_btcv(a.input, a.out, a.dataset_id, dataset_name=a.name,
                        test_cases=parse_int_ranges(a.test_cases) if a.test_cases is not None else None,
                        method=a.method, every_nth=a.every_nth, axis=axis, seed=a.seed,

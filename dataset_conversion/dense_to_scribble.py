@@ -173,7 +173,7 @@ def convert_dense_dataset(src_dataset_folder, out_raw_dir, dataset_id: int, data
 
 
 def main(argv=None) -> int:
-    from nnunet_scribble.scribble_simulation import GENERATORS
+    from nnunet_scribble.scribble_simulation import AXIS_HELP, GENERATORS, axis_argument
 
     ap = argparse.ArgumentParser(prog="nnunet_scribble_convert_dense",
                                  description="Dense nnU-Net v2 raw dataset -> scribble dataset (simulated scribbles, "
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
                     help="nnU-Net raw folder (default $nnUNet_raw)")
     ap.add_argument("--method", default="interior_border", choices=GENERATORS)
     ap.add_argument("--every-nth", type=int, default=None)
-    ap.add_argument("--axis", default="0", help="slicing axis of the (z,y,x) array, or 'none' for 3D scribbles")
+    ap.add_argument("--axis", type=axis_argument, default=0, help=AXIS_HELP)
     ap.add_argument("--halvings", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true")
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     if not a.out:
         ap.error("no output folder: pass -o or set nnUNet_raw")
     out = convert_dense_dataset(a.input, a.out, a.dataset_id, dataset_name=a.name, method=a.method,
-                                every_nth=a.every_nth, axis=None if a.axis.lower() == "none" else int(a.axis),
+                                every_nth=a.every_nth, axis=a.axis,
                                 seed=a.seed, halvings=a.halvings, overwrite=a.overwrite, verbose=not a.quiet)
     print(out)
     return 0

@@ -310,7 +310,7 @@ def convert_word(src_dir, out_raw_dir, dataset_id: int, dataset_name: Optional[s
 
 
 def main(argv=None) -> int:
-    from nnunet_scribble.scribble_simulation import GENERATORS
+    from nnunet_scribble.scribble_simulation import AXIS_HELP, GENERATORS, axis_argument
 
     ap = argparse.ArgumentParser(prog="nnunet_scribble_convert_word",
                                  description="WORD abdominal CT -> nnU-Net v2 raw scribble dataset.")
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scribble-dir", default=None, help="released scribbles (default <input>/scribbles)")
     ap.add_argument("--method", default="interior_border", choices=GENERATORS)
     ap.add_argument("--every-nth", type=int, default=None)
-    ap.add_argument("--axis", default="0", help="slicing axis of the (z,y,x) array, or 'none' for 3D scribbles")
+    ap.add_argument("--axis", type=axis_argument, default=0, help=AXIS_HELP)
     ap.add_argument("--halvings", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cases", default=None, help="only these cases, e.g. '1,2,101' (numbers of word_NNNN)")
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     out = convert_word(a.input, a.out, a.dataset_id, dataset_name=a.name, organs=a.organs,
                        window=None if a.no_window else tuple(a.window), crop=not a.no_crop, margin=tuple(a.margin),
                        body_threshold=a.body_threshold, source=a.source, scribble_dir=a.scribble_dir,
-                       method=a.method, every_nth=a.every_nth, axis=None if a.axis.lower() == "none" else int(a.axis),
+                       method=a.method, every_nth=a.every_nth, axis=a.axis,
                        seed=a.seed, halvings=a.halvings, cases=parse_int_ranges(a.cases), overwrite=a.overwrite,
                        verbose=not a.quiet)
     print(out)

@@ -20,7 +20,7 @@ def _simulate(args) -> int:
     from nnunet_scribble.scribble_simulation import simulate_scribble_file
 
     fraction = simulate_scribble_file(args.input, args.output, args.ignore_label, method=args.method,
-                                      axis=None if args.axis < 0 else args.axis, seed=args.seed,
+                                      axis=args.axis, seed=args.seed,
                                       every_nth=args.every_nth, halvings=args.halvings)
     print(f"wrote {args.output}: {100 * fraction:.3f}% of voxels annotated")
     return 0
@@ -61,6 +61,8 @@ def _ext_trainer_dir(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnunet_scribble.scribble_simulation import AXIS_HELP, axis_argument
+
     parser = argparse.ArgumentParser(prog="nnunet_scribble", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--ignore_label", type=int, required=True, help="ignore value = number of classes incl. background")
     p.add_argument("--method", default="interior_border", choices=("interior_border", "skeleton"))
-    p.add_argument("--axis", type=int, default=0, help="slice axis of the (z,y,x) array; -1 = 3D scribbles")
+    p.add_argument("--axis", type=axis_argument, default=0, help=AXIS_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every_nth", type=int, default=None, help="keep scribbles on every N-th slice only")
     p.add_argument("--halvings", type=int, default=0, help="shorten scribbles to 1/2^k (DMSPS)")

@@ -156,6 +156,25 @@ def _check_axis(ndim: int, axis: Optional[int], allow_none: bool) -> Optional[in
     return int(axis) % ndim
 
 
+AXIS_HELP = "slicing axis of the (z,y,x) array (0, 1 or 2), or 'none' / -1 for 3D scribbles"
+
+
+def axis_argument(text: str) -> Optional[int]:
+    """Command-line ``--axis``, the same in every command: ``0``..``2`` slice along that array axis;
+    ``none`` or ``-1`` mean 3D scribbles (``axis=None``). Other negative values are refused rather than
+    read as numpy's from-the-end indices."""
+    import argparse
+    if text.strip().lower() in ("none", "-1"):
+        return None
+    try:
+        axis = int(text)
+    except ValueError:
+        axis = -2
+    if axis < 0:
+        raise argparse.ArgumentTypeError(f"--axis {text!r}: use 0, 1 or 2 (slicing axis) or 'none' / -1 (3D)")
+    return axis
+
+
 # --------------------------------------------------------------------------- helpers
 def _check_seed(seed: int) -> int:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:

@@ -293,6 +293,32 @@ def test_simulate_scribble_file_round_trip(tmp_path, synthetic):
     assert sorted(p.name for p in out_file.parent.iterdir()) == ["case_001.nii.gz"]  # no temp file left
 
 
+def test_axis_means_the_same_in_every_command(tmp_path, synthetic, capsys):
+    """``--axis -1`` / ``none`` is 3D in the simulate command and in every converter; 0..2 slice; others refused."""
+    import argparse
+    from nnunet_scribble.cli import main as cli_main
+    from nnunet_scribble.scribble_simulation import axis_argument
+    sitk = pytest.importorskip("SimpleITK")
+    assert [axis_argument(t) for t in ("0", "2", "-1", "none", "None")] == [0, 2, None, None, None]
+    for bad in ("-2", "-3", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="use 0, 1 or 2"):
+            axis_argument(bad)
+    label = synthetic[:6]
+    dense_file = tmp_path / "dense.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(dense_file))
+    for axis_text, axis in (("-1", None), ("2", 2)):
+        out = tmp_path / f"scribble_{axis_text}.nii.gz"
+        assert cli_main(["simulate", "-i", str(dense_file), "-o", str(out), "--ignore_label", str(IGNORE),
+                         "--method", "skeleton", "--axis", axis_text, "--seed", "3"]) == 0
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))),
+                                      simulate_scribbles(label, IGNORE, method="skeleton", axis=axis, seed=3))
+    from dataset_conversion import btcv, dense_to_scribble, word
+    for module in (btcv, dense_to_scribble, word):   # the converters parse --axis with the same function
+        with pytest.raises(SystemExit):
+            module.main(["--axis", "-2"])
+        assert "use 0, 1 or 2 (slicing axis) or 'none' / -1 (3D)" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- real data
 @pytest.fixture(scope="module")
 def btcv_slab() -> np.ndarray:
