@@ -170,6 +170,13 @@ def test_psseg_rampup_and_terms():
     assert v0.item() == pytest.approx(terms["pce"] + ramp0 * (10 * terms["uspc"] + 0.01 * terms["ccac"]), rel=1e-9)
     ccac = (class_affinity_consistency([o[0] for o in outs]) + class_affinity_consistency([o[1] for o in outs])) / 2
     assert terms["ccac"] == pytest.approx(ccac.item(), rel=1e-10)
+    # pCE (mean over the 3 decoders) and USPC at each deep-supervision scale, with the weights 2/3 and 1/3;
+    # the low scale has no scribble: its pCE is 0 (not NaN), its USPC still counts
+    pce = sum(partial_cross_entropy(o[0], targets[0], 3) for o in outs) / 3
+    assert partial_cross_entropy(outs[0][1], targets[1], 3).item() == 0.0
+    assert terms["pce"] == pytest.approx(2 / 3 * pce.item(), rel=1e-10)
+    uspc = [uncertainty_weighted_consistency([torch.softmax(o[i], 1) for o in outs]) for i in (0, 1)]
+    assert terms["uspc"] == pytest.approx((2 / 3 * uspc[0] + 1 / 3 * uspc[1]).item(), rel=1e-10)
     loss.iteration = 100
     v1 = loss(outs, targets)
     assert v1.item() == pytest.approx(terms["pce"] + 10 * terms["uspc"] + 0.01 * terms["ccac"], rel=1e-9)
