@@ -232,7 +232,8 @@ class Benchmark:
             shutil.copy(src.parent / f, dst.parent / f)
         ckpt = torch.load(src / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         ckpt["trainer_name"] = self.trainer(arm)
-        torch.save(ckpt, dst / "checkpoint_final.pth")
+        torch.save(ckpt, dst / "checkpoint_final.pth.tmp")
+        os.replace(dst / "checkpoint_final.pth.tmp", dst / "checkpoint_final.pth")
 
     def expand_stage2(self, seed: int) -> None:
         """One stage-2 dataset per work folder, expanded by the DMSPS model of the seed that first needs it
@@ -419,8 +420,9 @@ def write_results(bench: Benchmark, state: dict) -> None:
     if not rows:
         return
     out = bench.results_dir
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    (out / "results.md").write_text(results_markdown(bench, rows))
+    for name, text in (("results.json", json.dumps(rows, indent=2)), ("results.md", results_markdown(bench, rows))):
+        (out / f"{name}.tmp").write_text(text)
+        os.replace(out / f"{name}.tmp", out / name)
     try:
         plot_results(bench, rows)
     except Exception as e:  # figures must never lose the tables
