@@ -61,7 +61,7 @@ def check_scribble_cases(cases: Iterable[Tuple[str, np.ndarray]], ignore_label: 
         counts[case] = check_scribble_array(seg, ignore_label, case, out_of_image_is_annotated)
         if classes is not None:
             seen.update(int(v) for v in np.unique(seg))
-    missing = [c for c in (classes or []) if c not in seen]
+    missing = [int(c) for c in (classes if classes is not None else []) if int(c) not in seen]
     if missing:
         raise ScribbleDatasetError(
             f"label value(s) {missing} carry no scribble in any of the {len(counts)} training cases: these classes "

@@ -582,7 +582,7 @@ def test_check_scribble_array_messages():
     assert check_scribble_cases([("a", np.array([0, 3])), ("b", np.array([1, 3]))], 3, classes=[0, 1]) == \
         {"a": 1, "b": 1}
     with pytest.raises(ScribbleDatasetError, match=r"label value\(s\) \[2\] carry no scribble in any of the 2"):
-        check_scribble_cases([("a", np.array([0, 3])), ("b", np.array([1, 3]))], 3, classes=[0, 1, 2])
+        check_scribble_cases([("a", np.array([0, 3])), ("b", np.array([1, 3]))], 3, classes=np.arange(3))
     with pytest.raises(ScribbleDatasetError, match=r"\[0\] carry no scribble"):   # -1 is not background here
         check_scribble_cases([("a", np.array([-1, 1, 2]))], 2, classes=[0, 1])
 
