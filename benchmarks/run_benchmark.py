@@ -181,11 +181,12 @@ class Benchmark:
         plans = preprocessed / "nnUNetPlans.json"
         configurations = json.loads(plans.read_text())["configurations"] if plans.exists() else {}
         # nnU-Net writes the plans before it preprocesses: an interrupted run leaves plans without data.
-        # Finished = our marker, or (work folders from before the marker) one preprocessed seg per training case
+        # Finished = our marker, or (work folders from before the marker) one properties file per training case
+        # (nnU-Net writes a case's .pkl after its arrays)
         done_base = preprocessed / f".preprocessed_{base}"
         if not done_base.exists() and base in configurations:
             n_training = json.loads((self.raw_folder(kind) / "dataset.json").read_text())["numTraining"]
-            if len(list((preprocessed / configurations[base]["data_identifier"]).glob("*_seg.b2nd"))) == n_training:
+            if len(list((preprocessed / configurations[base]["data_identifier"]).glob("*.pkl"))) == n_training:
                 done_base.write_text("nnUNetv2_plan_and_preprocess finished\n")
         if not done_base.exists():
             log(f"plan and preprocess {name} ({base})")
@@ -236,20 +237,13 @@ class Benchmark:
         os.replace(dst / "checkpoint_final.pth.tmp", dst / "checkpoint_final.pth")
 
     def expand_stage2(self, seed: int) -> None:
-        """One stage-2 dataset per work folder, expanded by the DMSPS model of the seed that first needs it
-        (recorded in ``stage2_seed.txt``; a folder without it was expanded by seed 0)."""
-        marker = self.work / "stage2_seed.txt"
-        if self.raw_folder("stage2") is not None:
-            expanded_by = int(marker.read_text()) if marker.exists() else 0
-            if expanded_by != seed:
-                raise SystemExit(f"the stage-2 dataset in {self.work} was expanded by the seed-{expanded_by} DMSPS "
-                                 f"model; DMSPS_stage2 with seed {seed} needs its own --work folder")
-            return
-        log("DMSPS stage 2: expanding the scribbles with the DMSPS model")
-        self.run([sys.executable, "-m", "nnunet_scribble", "dmsps-expand", "-d", self.ids["scribble"], "-o",
-                  self.ids["stage2"], "-c", self.config, "-f", self.args.fold, "-tr", self.trainer("DMSPS"),
-                  "-device", self.device], {"nnUNet_results": str(self.results_root(seed))})
-        marker.write_text(f"{seed}\n")
+        """The stage-2 dataset, expanded by the DMSPS model of ``seed`` (0: parse_args refuses other seeds),
+        then planned and preprocessed (again after an interruption: ``plan`` keeps its own markers)."""
+        if self.raw_folder("stage2") is None:   # dmsps-expand writes the dataset atomically
+            log("DMSPS stage 2: expanding the scribbles with the DMSPS model")
+            self.run([sys.executable, "-m", "nnunet_scribble", "dmsps-expand", "-d", self.ids["scribble"], "-o",
+                      self.ids["stage2"], "-c", self.config, "-f", self.args.fold, "-tr", self.trainer("DMSPS"),
+                      "-device", self.device], {"nnUNet_results": str(self.results_root(seed))})
         self.plan("stage2")
 
     def predict(self, arm: str, seed: int) -> dict:
@@ -563,8 +557,8 @@ def parse_args(argv=None):
                    help="skip the largest-component post-processed evaluation (reported next to the raw one)")
     args = p.parse_args(argv)
     if "DMSPS_stage2" in args.seed_arms and any(seed != 0 for seed in args.seeds):
-        p.error("DMSPS_stage2 cannot be repeated with other seeds in one work folder (its expanded dataset comes "
-                "from one DMSPS model): run other seeds with their own --work folder and --seeds")
+        p.error("DMSPS_stage2 runs with seed 0 only (its expanded dataset comes from the seed-0 DMSPS model): "
+                "remove it from --seed-arms")
     if args.test_cases is None and args.dataset == "acdc":
         args.test_cases = list(range(21, 41))
     return args

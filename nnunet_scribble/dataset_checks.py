@@ -60,7 +60,8 @@ def check_scribble_cases(cases: Iterable[Tuple[str, np.ndarray]], ignore_label: 
         seg = np.asarray(seg)
         counts[case] = check_scribble_array(seg, ignore_label, case, out_of_image_is_annotated)
         if classes is not None:
-            seen.update(int(v) for v in np.unique(seg))
+            values = {int(v) for v in np.unique(seg)}
+            seen.update(values | ({0} if out_of_image_is_annotated and -1 in values else set()))  # -1 = background
     missing = [int(c) for c in (classes if classes is not None else []) if int(c) not in seen]
     if missing:
         raise ScribbleDatasetError(

@@ -93,9 +93,12 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+DEMO_MARKER = ".nnunet_scribble_demo"
+
+
 def is_demo_folder(root: Path) -> bool:
-    """A folder an earlier demo run made: its log and its raw dataset are there."""
-    return (root / "demo.log").is_file() and any((root / "nnUNet_raw").glob(f"Dataset{DEMO_DATASET_ID}_*"))
+    """A folder an earlier (possibly interrupted) demo run made: ``prepare_output`` marks it first."""
+    return (root / DEMO_MARKER).is_file()
 
 
 def prepare_output(root: Path) -> Path:
@@ -108,6 +111,7 @@ def prepare_output(root: Path) -> Path:
                              f"replace its contents. Pass a new or empty folder with --output.")
         shutil.rmtree(root)
     root.mkdir(parents=True)
+    (root / DEMO_MARKER).write_text("working folder of nnunet_scribble_demo; replaced by its next run\n")
     return root
 
 

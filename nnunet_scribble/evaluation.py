@@ -215,13 +215,16 @@ def compute_case_metrics(pred: np.ndarray, ref: np.ndarray, labels: list[int],
         raise ValueError(f"Prediction shape {pred.shape} differs from reference shape {ref.shape}")
     if len(spacing) != ref.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match the {ref.ndim} image axes")
-    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
-
     results: dict[int, dict[str, float]] = {}
     for label in labels:
         p = pred == label
         r = ref == label
-        tp, fp, fn, tn = (int(v) for v in compute_tp_fp_fn_tn(r, p))   # nnU-Net's counts
+        # the counts of nnU-Net's compute_tp_fp_fn_tn (tests/test_evaluation.py compares them), without
+        # importing nnunetv2 (and torch) into every evaluation worker
+        tp = int(np.count_nonzero(p & r))
+        fp = int(np.count_nonzero(p & ~r))
+        fn = int(np.count_nonzero(~p & r))
+        tn = int(p.size - tp - fp - fn)
         if tp + fp + fn == 0:  # both empty: 1 here, where nnU-Net reports NaN
             dice_value, iou_value = 1.0, 1.0
         else:

@@ -170,7 +170,7 @@ def axis_argument(text: str) -> Optional[int]:
         axis = int(text)
     except ValueError:
         axis = -2
-    if axis < 0:
+    if not 0 <= axis <= 2:
         raise argparse.ArgumentTypeError(f"--axis {text!r}: use 0, 1 or 2 (slicing axis) or 'none' / -1 (3D)")
     return axis
 

@@ -42,7 +42,6 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
         lcc_dir = work / "predictions" / f"{key}_lcc"
         assert len(list(lcc_dir.glob("*.nii.gz"))) == 2 and (lcc_dir / "summary.json").is_file()
     stage2 = next((work / "nnUNet_raw").glob("Dataset702_*"))  # the stage-2 dataset, from seed 0's DMSPS
-    assert (work / "stage2_seed.txt").read_text() == "0\n"
     assert len(list((stage2 / "labelsTr").glob("*.nii.gz"))) == 6
     # the *_avg arm reuses DMSPS's weights with the _avg trainer name (decoder-mean inference)
     import torch
@@ -101,7 +100,7 @@ def test_benchmark_lowres_profile_preprocesses_its_own_spacing(acdc_data, tmp_pa
         run_benchmark.main([a if a != "tinylowres" else "tiny" for a in argv])
     # an interrupted nnUNetv2_plan_and_preprocess (plans written, a case missing, no marker) is run again
     (pre / ".preprocessed_2d").unlink()
-    missing = sorted((pre / plans["2d"]["data_identifier"]).glob("*_seg.b2nd"))[0]
+    missing = sorted((pre / plans["2d"]["data_identifier"]).glob("*.pkl"))[0]
     missing.unlink()
     assert run_benchmark.main(argv) == 0
     log_after = (work / "commands.log").read_text()[len(log_before):]
@@ -109,11 +108,12 @@ def test_benchmark_lowres_profile_preprocesses_its_own_spacing(acdc_data, tmp_pa
     assert missing.is_file() and (pre / ".preprocessed_2d").is_file()
 
 
-def test_stage2_is_not_repeated_with_other_seeds_in_one_work_folder(tmp_path):
+def test_stage2_is_not_repeated_with_other_seeds(tmp_path, capsys):
     import run_benchmark
     with pytest.raises(SystemExit):
         run_benchmark.parse_args(["--dataset", "acdc", "--data", str(tmp_path), "--work", str(tmp_path),
                                   "--arms", "DMSPS_stage2", "--seeds", "0", "1", "--seed-arms", "DMSPS_stage2"])
+    assert "DMSPS_stage2 runs with seed 0 only" in capsys.readouterr().err
     args = run_benchmark.parse_args(["--dataset", "acdc", "--data", str(tmp_path), "--work", str(tmp_path),
                                      "--arms", "DMSPS_stage2", "--seeds", "0", "1", "--seed-arms", "pL"])
     assert args.seed_arms == ["pL"]

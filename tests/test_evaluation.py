@@ -364,3 +364,14 @@ def test_save_overlay_png(tmp_path):
     assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
     save_overlay_png(image, ref, pred, str(out), axis=2, slice_index=0)  # other axis, empty slice
     assert out.stat().st_size > 1000
+
+
+def test_counts_match_nnunet():
+    """TP/FP/FN/TN as nnU-Net's own compute_tp_fp_fn_tn counts them, on random label maps."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
+    rng = np.random.default_rng(0)
+    pred, ref = rng.integers(0, 3, (4, 5, 6)), rng.integers(0, 3, (4, 5, 6))
+    ours = compute_case_metrics(pred, ref, [1, 2], (1.0, 1.0, 1.0))
+    for label in (1, 2):
+        expected = [int(v) for v in compute_tp_fp_fn_tn(ref == label, pred == label)]
+        assert [ours[label][k] for k in ("TP", "FP", "FN", "TN")] == expected

@@ -585,6 +585,9 @@ def test_check_scribble_array_messages():
         check_scribble_cases([("a", np.array([0, 3])), ("b", np.array([1, 3]))], 3, classes=np.arange(3))
     with pytest.raises(ScribbleDatasetError, match=r"\[0\] carry no scribble"):   # -1 is not background here
         check_scribble_cases([("a", np.array([-1, 1, 2]))], 2, classes=[0, 1])
+    # ... but it is where out-of-image voxels are trained as background
+    assert check_scribble_cases([("a", np.array([-1, 1, 2]))], 2, classes=[0, 1], out_of_image_is_annotated=True) \
+        == {"a": 2}
 
 
 # ----------------------------------------------------------------------------------------------------------

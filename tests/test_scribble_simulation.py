@@ -300,7 +300,7 @@ def test_axis_means_the_same_in_every_command(tmp_path, synthetic, capsys):
     from nnunet_scribble.scribble_simulation import axis_argument
     sitk = pytest.importorskip("SimpleITK")
     assert [axis_argument(t) for t in ("0", "2", "-1", "none", "None")] == [0, 2, None, None, None]
-    for bad in ("-2", "-3", "x"):
+    for bad in ("-2", "-3", "3", "x"):
         with pytest.raises(argparse.ArgumentTypeError, match="use 0, 1 or 2"):
             axis_argument(bad)
     label = synthetic[:6]
