@@ -223,10 +223,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not a.out:
         ap.error("no output folder: pass -o or set nnUNet_raw")
-    axis = a.axis
     out = convert_btcv(a.input, a.out, a.dataset_id, dataset_name=a.name,
                        test_cases=parse_int_ranges(a.test_cases) if a.test_cases is not None else None,
-                       method=a.method, every_nth=a.every_nth, axis=axis, seed=a.seed,
+                       method=a.method, every_nth=a.every_nth, axis=a.axis, seed=a.seed,
                        cases=parse_int_ranges(a.cases), n_folds=a.folds, halvings=a.halvings,
                        overwrite=a.overwrite, verbose=not a.quiet)
     print(out)

@@ -32,7 +32,12 @@ def check_scribble_array(seg: np.ndarray, ignore_label: int, case: str, out_of_i
     the nonzero crop with -1). Our trainers train -1 as ignore, so by default it does not count as
     annotated; ``out_of_image_is_annotated`` counts it (for training that maps -1 to background).
     """
-    values = np.unique(seg)
+    return _check_scribble_values(seg, np.unique(seg), ignore_label, case, out_of_image_is_annotated)
+
+
+def _check_scribble_values(seg: np.ndarray, values: np.ndarray, ignore_label: int, case: str,
+                           out_of_image_is_annotated: bool) -> int:
+    """``check_scribble_array`` with the map's unique ``values`` already computed."""
     bad = values[(values > ignore_label) | (values < -1)]
     if bad.size:
         raise ScribbleDatasetError(
@@ -58,9 +63,10 @@ def check_scribble_cases(cases: Iterable[Tuple[str, np.ndarray]], ignore_label: 
     counts, seen = {}, set()
     for case, seg in cases:
         seg = np.asarray(seg)
-        counts[case] = check_scribble_array(seg, ignore_label, case, out_of_image_is_annotated)
+        unique = np.unique(seg)   # once per case: a full-resolution 3D map is large
+        counts[case] = _check_scribble_values(seg, unique, ignore_label, case, out_of_image_is_annotated)
         if classes is not None:
-            values = {int(v) for v in np.unique(seg)}
+            values = {int(v) for v in unique}
             seen.update(values | ({0} if out_of_image_is_annotated and -1 in values else set()))  # -1 = background
     missing = [int(c) for c in (classes if classes is not None else []) if int(c) not in seen]
     if missing:
