@@ -10,7 +10,7 @@ Every arm trains on the same scribbles, fold, plans configuration and budget (pr
 * ``gpu``: nnU-Net's default plans and the ``_gpu`` budget;
 * ``cpulowres``: for large images (BTCV): the ``cpu`` widths at half the in-plane resolution with one stage
   fewer (``<config>_cpulowres``, preprocessed once with ``nnUNetv2_preprocess``) and the longer ``_cpulong``
-  budget;
+  budget; ``cpulowres1k``: the same plans with the ``cpu`` budget (1000 iterations; BTCV ``--config 3d_fullres``);
 * ``tiny``, ``tinylowres``: plumbing tests only (``tests/test_benchmark.py``).
 
 Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling), ``pL`` (nnU-Net default
@@ -44,6 +44,8 @@ PROFILES = {
     "tiny": {"budget": "tiny", "preset": "tiny"},
     "tinylowres": {"budget": "tiny", "preset": "tinylowres"},
     "cpulowres": {"budget": "cpulong", "preset": "cpulowres"},
+    # the same plans with the 1000-iteration budget: BTCV 3d_fullres on CPU
+    "cpulowres1k": {"budget": "cpu", "preset": "cpulowres"},
 }
 
 # arm -> trainer base name, dataset kind ("scribble" | "dense" | "stage2"), parent arm for *_avg arms
@@ -188,21 +190,25 @@ class Benchmark:
             n_training = json.loads((self.raw_folder(kind) / "dataset.json").read_text())["numTraining"]
             if len(list((preprocessed / configurations[base]["data_identifier"]).glob("*.pkl"))) == n_training:
                 done_base.write_text("nnUNetv2_plan_and_preprocess finished\n")
+        preset = self.profile["preset"]
+        own_spacing = bool(preset) and needs_preprocessing(preset)
         if not done_base.exists():
-            log(f"plan and preprocess {name} ({base})")
+            # a preset with its own spacing trains only on its own preprocessed data: plan the base, don't
+            # preprocess it (3d_fullres at full resolution would cost more than the CPU trainings)
+            log(f"plan {'' if own_spacing else 'and preprocess '}{name} ({base})")
             self.run([self.bin / "nnUNetv2_plan_and_preprocess", "-d", self.ids[kind], "-c", base, "-np", "2",
-                      "-npfp", "2", "--verify_dataset_integrity"], {"nnUNet_n_proc_DA": "1"})
+                      "-npfp", "2", "--verify_dataset_integrity"] + (["--no_pp"] if own_spacing else []),
+                     {"nnUNet_n_proc_DA": "1"})
             splits = self.raw_folder(kind) / "splits_final.json"
             if splits.exists():
                 shutil.copy(splits, preprocessed / "splits_final.json")
             configurations = json.loads(plans.read_text())["configurations"]
             done_base.write_text("nnUNetv2_plan_and_preprocess finished\n")
-        preset = self.profile["preset"]
         if preset and self.config not in configurations:
             self.run([sys.executable, "-m", "nnunet_scribble", "add-configs", "-d", self.ids[kind],
                       "--preset", preset, "-c", base])
         done = preprocessed / f".preprocessed_{self.config}"
-        if preset and needs_preprocessing(preset) and not done.exists():
+        if own_spacing and not done.exists():
             log(f"preprocess {name} ({self.config}: own spacing)")
             self.run([self.bin / "nnUNetv2_preprocess", "-d", self.ids[kind], "-c", self.config, "-np", "2"])
             done.write_text("nnUNetv2_preprocess finished\n")

@@ -60,6 +60,18 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
     assert run_benchmark.main(argv) == 0
     assert (work / "commands.log").read_text() == log_before
 
+    # an interrupted nnUNetv2_plan_and_preprocess (plans written, a case missing, no marker) is run again
+    pre = next((work / "nnUNet_preprocessed").glob("Dataset700_*"))
+    (pre / ".preprocessed_2d").unlink()
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())["configurations"]
+    missing = sorted((pre / plans["2d"]["data_identifier"]).glob("*.pkl"))[0]
+    missing.unlink()
+    assert run_benchmark.main(argv) == 0
+    log_after = (work / "commands.log").read_text()[len(log_before):]
+    assert "nnUNetv2_plan_and_preprocess -d 700" in log_after and "--no_pp" not in log_after
+    assert "nnUNetv2_train" not in log_after
+    assert missing.is_file() and (pre / ".preprocessed_2d").is_file()
+
     # cost measurement script on the same work folder (plumbing only)
     import timing
     out = tmp_path / "timing.md"
@@ -98,14 +110,18 @@ def test_benchmark_lowres_profile_preprocesses_its_own_spacing(acdc_data, tmp_pa
     assert (work / "commands.log").read_text() == log_before
     with pytest.raises(SystemExit, match="another --work folder"):
         run_benchmark.main([a if a != "tinylowres" else "tiny" for a in argv])
-    # an interrupted nnUNetv2_plan_and_preprocess (plans written, a case missing, no marker) is run again
+    # the base configuration was planned, not preprocessed: only the lowres configuration is trained on
+    assert not (pre / plans["2d"]["data_identifier"]).exists()
+    assert "nnUNetv2_plan_and_preprocess -d 700 -c 2d -np 2 -npfp 2 --verify_dataset_integrity --no_pp" in log_before
+    # an interrupted planning (no marker) is run again; nnU-Net's planner keeps configurations it did not
+    # plan, so the lowres configuration and its preprocessed data are kept
     (pre / ".preprocessed_2d").unlink()
-    missing = sorted((pre / plans["2d"]["data_identifier"]).glob("*.pkl"))[0]
-    missing.unlink()
     assert run_benchmark.main(argv) == 0
     log_after = (work / "commands.log").read_text()[len(log_before):]
-    assert "nnUNetv2_plan_and_preprocess -d 700" in log_after and "nnUNetv2_train" not in log_after
-    assert missing.is_file() and (pre / ".preprocessed_2d").is_file()
+    assert "nnUNetv2_plan_and_preprocess -d 700" in log_after
+    assert "nnUNetv2_preprocess" not in log_after and "nnUNetv2_train" not in log_after
+    assert (pre / ".preprocessed_2d").is_file()
+    assert "2d_tinylowres" in json.loads((pre / "nnUNetPlans.json").read_text())["configurations"]
 
 
 def test_stage2_is_not_repeated_with_other_seeds(tmp_path, capsys):
