@@ -241,13 +241,13 @@ def compute_case_metrics(pred: np.ndarray, ref: np.ndarray, labels: list[int],
 # ----------------------------------------------------------------------------------------------------------------------
 # folder evaluation
 # ----------------------------------------------------------------------------------------------------------------------
-def _read_image(filename: str, with_position: bool = False):
-    """Read an image with SimpleITK; return the array and the spacing per array axis (reversed GetSpacing()),
-    and with ``with_position`` also its origin and direction (SimpleITK order)."""
+def _read_image(filename: str) -> tuple:
+    """Read an image with SimpleITK: (array, spacing per array axis (reversed GetSpacing()), origin,
+    direction), origin and direction in SimpleITK order."""
     import SimpleITK as sitk
     image = sitk.ReadImage(filename)
-    out = sitk.GetArrayFromImage(image), tuple(float(s) for s in reversed(image.GetSpacing()))
-    return out + (image.GetOrigin(), image.GetDirection()) if with_position else out
+    return (sitk.GetArrayFromImage(image), tuple(float(s) for s in reversed(image.GetSpacing())),
+            image.GetOrigin(), image.GetDirection())
 
 
 def _case_name(filename: str, file_ending: str) -> str:
@@ -264,14 +264,14 @@ def _list_cases(folder: str, file_ending: str) -> list[str]:
 
 def _labels_in_file(filename: str) -> list[int]:
     """Non-zero values present in a label map."""
-    array, _ = _read_image(filename)
+    array = _read_image(filename)[0]
     return [int(v) for v in np.unique(array) if v != 0]
 
 
 def _evaluate_case(prediction_file: str, reference_file: str, labels: list[int]) -> dict:
     """Read one pair, check geometry, and return a ``metric_per_case`` entry."""
-    pred, pred_spacing, pred_origin, pred_direction = _read_image(prediction_file, with_position=True)
-    ref, ref_spacing, ref_origin, ref_direction = _read_image(reference_file, with_position=True)
+    pred, pred_spacing, pred_origin, pred_direction = _read_image(prediction_file)
+    ref, ref_spacing, ref_origin, ref_direction = _read_image(reference_file)
     case = os.path.basename(reference_file)
     if pred.shape != ref.shape:
         raise ValueError(f"Case {case}: prediction shape {pred.shape} != reference shape {ref.shape} "

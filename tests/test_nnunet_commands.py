@@ -155,10 +155,10 @@ def check_predictions(nn: NnUNet, pred: Path, dataset_id=DATASET):
         assert seg.GetSize() == image.GetSize()
         assert np.allclose(seg.GetSpacing(), image.GetSpacing())
         assert np.allclose(seg.GetOrigin(), image.GetOrigin())
-        values = set(np.unique(sitk.GetArrayFromImage(seg)).tolist())
+        p, r = sitk.GetArrayFromImage(seg), read(folder / "labelsTs" / f"{case}.nii.gz")
+        values = set(np.unique(p).tolist())
         assert values <= LABELS, values
         # Dice by hand from the written prediction and the dense test label
-        p, r = read(pred / f"{case}.nii.gz"), read(folder / "labelsTs" / f"{case}.nii.gz")
         for label in (1, 2):
             assert (r == label).any()
             dice[label].append(2 * np.sum((p == label) & (r == label)) / (np.sum(p == label) + np.sum(r == label)))
