@@ -77,13 +77,17 @@ def test_uspc_weights_confident_voxels_more():
     p1 = torch.tensor([[[0.9, 0.6]], [[0.1, 0.4]]], dtype=torch.float64)[None, :, 0]  # (1, 2, 2)
     p2 = torch.tensor([[[0.99, 0.4]], [[0.01, 0.6]]], dtype=torch.float64)[None, :, 0]
     value = uncertainty_weighted_consistency([p1, p2]).item()
-    clamp = [5e-4 + p * (1 - 1e-3) for p in (p1, p2)]
-    m = (clamp[0] + clamp[1]) / 2
-    w = torch.exp(-(-(m * m.log()).sum(1)) / math.log(2))
-    kls = [(c * (c.log() - m.log())).sum(1) for c in clamp]
-    expected = sum(((w * k).sum() / w.sum()).item() for k in kls) / 2
-    assert value == pytest.approx(expected, rel=1e-10)
-    assert w[0, 0] > w[0, 1]
+    # by hand (probabilities clamped to 5e-4 + p (1 - 1e-3)): voxel 1's mixture is (0.5, 0.5), normalised
+    # entropy 1, weight exp(-1) = 0.36788; voxel 0's mixture (0.94456, 0.05544), weight 0.73411.
+    # KL(decoder 1 || mixture) = 0.015747 (voxel 0), 0.020095 (voxel 1); decoder 2: 0.028543, 0.020095.
+    # loss = mean over decoders of sum_v w_v KL_v / sum_v w_v
+    w = (0.7341136915, math.exp(-1))
+    expected = ((w[0] * 0.0157467533 + w[1] * 0.0200949879) + (w[0] * 0.0285426854 + w[1] * 0.0200949879)) \
+        / (w[0] + w[1]) / 2
+    assert expected == pytest.approx(0.0214604555, rel=1e-9)
+    assert value == pytest.approx(expected, rel=1e-8)
+    # decoders that agree cost nothing
+    assert uncertainty_weighted_consistency([p1, p1]).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_ccac_identity_and_swapped_classes():
