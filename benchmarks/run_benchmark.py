@@ -203,7 +203,7 @@ class Benchmark:
             if splits.exists():
                 shutil.copy(splits, preprocessed / "splits_final.json")
             configurations = json.loads(plans.read_text())["configurations"]
-            done_base.write_text("nnUNetv2_plan_and_preprocess finished\n")
+            done_base.write_text(f"nnUNetv2_plan_and_preprocess{' --no_pp' if own_spacing else ''} finished\n")
         if preset and self.config not in configurations:
             self.run([sys.executable, "-m", "nnunet_scribble", "add-configs", "-d", self.ids[kind],
                       "--preset", preset, "-c", base])

@@ -34,12 +34,12 @@ import numpy as np, torch
 from batchgenerators.utilities.file_and_folder_operations import load_json, join
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 import nnunetv2, os
-pre, config, trainer_name, steps, device = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+pre, config, trainer_name, steps, device, fold = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), trainer_name,
                                   "nnunetv2.training.nnUNetTrainer")
 plans = load_json(join(pre, "nnUNetPlans.json"))
 plans["continue_training"] = False  # nnU-Net 2.8.1 pops this key in __init__
-trainer = cls(plans, config, 0, load_json(join(pre, "dataset.json")), torch.device(device))
+trainer = cls(plans, config, fold, load_json(join(pre, "dataset.json")), torch.device(device))
 trainer.on_train_start()
 trainer.on_epoch_start()
 trainer.on_train_epoch_start()
@@ -61,8 +61,8 @@ os._exit(0)
 """
 
 
-def measure_training(pre: Path, config: str, trainer: str, steps: int, device: str, env: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(pre), config, trainer, str(steps), device],
+def measure_training(pre: Path, config: str, trainer: str, steps: int, device: str, env: dict, fold: str = "0") -> dict:
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(pre), config, trainer, str(steps), device, str(fold)],
                          env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -71,8 +71,8 @@ def measure_training(pre: Path, config: str, trainer: str, steps: int, device: s
 
 
 def measure_inference(work: Path, dataset: str, config: str, trainer: str, n_cases: int, device: str,
-                      env: dict) -> float | None:
-    if not (work / "nnUNet_results" / dataset / f"{trainer}__nnUNetPlans__{config}" / "fold_0" /
+                      env: dict, fold: str = "0") -> float | None:
+    if not (work / "nnUNet_results" / dataset / f"{trainer}__nnUNetPlans__{config}" / f"fold_{fold}" /
             "checkpoint_final.pth").exists():
         return None
     images = sorted((work / "nnUNet_raw" / dataset / "imagesTs").glob("*_0000.nii.gz"))[:n_cases]
@@ -81,7 +81,7 @@ def measure_inference(work: Path, dataset: str, config: str, trainer: str, n_cas
             shutil.copy(f, tmp)
         start = time.time()
         subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_predict"), "-i", tmp, "-o", tmp + "/pred",
-                        "-d", dataset, "-c", config, "-f", "0", "-tr", trainer, "-device", device, "-npp", "1",
+                        "-d", dataset, "-c", config, "-f", str(fold), "-tr", trainer, "-device", device, "-npp", "1",
                         "-nps", "1"], env=env, check=True, capture_output=True)
         return time.time() - start
 
@@ -97,8 +97,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--predict-cases", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--fold", default="0", help="nnU-Net fold whose split (training) and checkpoint (inference) are used")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if "pL" not in args.arms:
+        p.error("--arms must include pL: ratios are to nnU-Net's own trainer measured in the same run")
     work = Path(args.work).resolve()
     dataset = next((work / "nnUNet_raw").glob(f"Dataset{args.dataset_id:03d}_*")).name
     env = dict(os.environ, nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
@@ -108,9 +111,9 @@ def main(argv=None) -> int:
     for arm in args.arms:
         trainer = f"{ARMS[arm][0]}_{args.budget}"
         print(f"[{time.strftime('%H:%M:%S')}] {arm}: {trainer}", flush=True)
-        rows[arm] = measure_training(pre, args.config, trainer, args.steps, args.device, env)
+        rows[arm] = measure_training(pre, args.config, trainer, args.steps, args.device, env, args.fold)
         rows[arm]["inference_s"] = measure_inference(work, dataset, args.config, trainer, args.predict_cases,
-                                                     args.device, env)
+                                                     args.device, env, args.fold)
     ref = rows["pL"]
     lines = [f"`{args.config}` on {dataset}, {args.steps} timed training steps per arm (median, after 3 warm-up "
              f"steps), device `{args.device}`; inference: nnUNetv2_predict of {args.predict_cases} test cases "

@@ -7,7 +7,7 @@
 3. runs ``nnUNetv2_plan_and_preprocess`` and adds the small ``3d_fullres_tiny`` configuration,
 4. trains ``nnUNetTrainerScribble_demo`` (ours, partial CE), ``nnUNetTrainerDMSPS_demo`` (ours, dual decoder) and ``nnUNetTrainer_demo`` (nnU-Net's default
    trainer, i.e. its ignore-label pCE + Dice) on the same scribbles with the same budget,
-5. predicts the test cases with ``nnUNetv2_predict`` and evaluates both on the dense test labels.
+5. predicts the test cases with ``nnUNetv2_predict`` and evaluates all three on the dense test labels.
 All nnU-Net steps run through nnU-Net's real command-line entry points.
 """
 from __future__ import annotations

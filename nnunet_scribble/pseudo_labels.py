@@ -182,7 +182,9 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
           f"(source scribbles: {dataset_json.get('annotated_fraction', 'n/a')})")
     base, _, preset = configuration.rpartition("_")
     if preset in PRESETS and base:
-        plan = (f"nnUNetv2_plan_and_preprocess -d {target_id} -c {base} && "
+        # a preset with its own spacing trains only on its own data: plan the base without preprocessing it
+        no_pp = " --no_pp" if needs_preprocessing(preset) else ""
+        plan = (f"nnUNetv2_plan_and_preprocess -d {target_id} -c {base}{no_pp} && "
                 f"nnunet_scribble add-configs -d {target_id} --preset {preset} -c {base}")
         if needs_preprocessing(preset):
             plan += f" && nnUNetv2_preprocess -d {target_id} -c {configuration}"

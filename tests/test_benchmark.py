@@ -153,3 +153,12 @@ def test_gap_closed_rule():
     assert _gap(row("pCE", 0.3), row("pL", 0.4), row("dense", 0.35)) == "n/a (dense ≤ pL)"
     assert _gap(row("pL", 0.4), row("pL", 0.4), row("dense", 0.8)) == "n/a"
     assert _gap(row("pCE", 0.3), None, row("dense", 0.8)) == "n/a"
+
+
+def test_timing_refuses_arms_without_the_reference(tmp_path, capsys):
+    """Cost ratios are to nnU-Net's own trainer measured in the same run: without pL there is nothing to divide by."""
+    import timing
+
+    with pytest.raises(SystemExit):
+        timing.main(["--work", str(tmp_path), "--arms", "DMSPS", "--out", str(tmp_path / "t.md")])
+    assert "--arms must include pL" in capsys.readouterr().err
