@@ -172,7 +172,9 @@ class Benchmark:
                              every_nth=self.args.every_nth, seed=0, verbose=False)
         if self.raw_folder("dense") is None:
             make_dense_twin(self.raw_folder("scribble"), raw, self.ids["dense"])
-        for kind in ("scribble", "dense"):
+        # the dense twin is always written (cheap), planned and preprocessed only when the dense arm runs
+        dense_arm = "dense" in self.args.arms or ("dense" in self.args.seed_arms and any(self.args.seeds))
+        for kind in ("scribble", "dense") if dense_arm else ("scribble",):
             self.plan(kind)
 
     def plan(self, kind: str) -> None:

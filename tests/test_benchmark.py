@@ -41,6 +41,9 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
         assert 0.0 <= row["lcc"]["Dice"][0] <= 1.0 and set(row["lcc"]["per_class"]) == {"RV", "MYO", "LV"}
         lcc_dir = work / "predictions" / f"{key}_lcc"
         assert len(list(lcc_dir.glob("*.nii.gz"))) == 2 and (lcc_dir / "summary.json").is_file()
+    # no dense arm: the dense twin is written but not planned
+    assert next((work / "nnUNet_raw").glob("Dataset701_*")).is_dir()
+    assert not list((work / "nnUNet_preprocessed").glob("Dataset701_*"))
     stage2 = next((work / "nnUNet_raw").glob("Dataset702_*"))  # the stage-2 dataset, from seed 0's DMSPS
     assert len(list((stage2 / "labelsTr").glob("*.nii.gz"))) == 6
     # the *_avg arm reuses DMSPS's weights with the _avg trainer name (decoder-mean inference)
