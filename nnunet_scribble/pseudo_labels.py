@@ -183,10 +183,10 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
     base, _, preset = configuration.rpartition("_")
     if preset in PRESETS and base:
         # a preset with its own spacing trains only on its own data: plan the base without preprocessing it
-        no_pp = " --no_pp" if needs_preprocessing(preset) else ""
-        plan = (f"nnUNetv2_plan_and_preprocess -d {target_id} -c {base}{no_pp} && "
+        own_spacing = needs_preprocessing(preset)
+        plan = (f"nnUNetv2_plan_and_preprocess -d {target_id} -c {base}{' --no_pp' if own_spacing else ''} && "
                 f"nnunet_scribble add-configs -d {target_id} --preset {preset} -c {base}")
-        if needs_preprocessing(preset):
+        if own_spacing:
             plan += f" && nnUNetv2_preprocess -d {target_id} -c {configuration}"
     else:
         plan = f"nnUNetv2_plan_and_preprocess -d {target_id} -c {configuration}"

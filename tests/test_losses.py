@@ -81,11 +81,12 @@ def test_uspc_weights_confident_voxels_more():
     # entropy 1, weight exp(-1) = 0.36788; voxel 0's mixture (0.94456, 0.05544), weight 0.73411.
     # KL(decoder 1 || mixture) = 0.015747 (voxel 0), 0.020095 (voxel 1); decoder 2: 0.028543, 0.020095.
     # loss = mean over decoders of sum_v w_v KL_v / sum_v w_v
-    w = (0.7341136915, math.exp(-1))
-    expected = ((w[0] * 0.0157467533 + w[1] * 0.0200949879) + (w[0] * 0.0285426854 + w[1] * 0.0200949879)) \
-        / (w[0] + w[1]) / 2
-    assert expected == pytest.approx(0.0214604555, rel=1e-9)
-    assert value == pytest.approx(expected, rel=1e-8)
+    w = (0.7341136915192613, math.exp(-1))
+    kl = ((0.01574675330486089, 0.020094987872632808), (0.028542685406712016, 0.020094987872632808))
+    expected = sum(w[0] * k[0] + w[1] * k[1] for k in kl) / (w[0] + w[1]) / 2
+    assert expected == pytest.approx(0.02146045549768697, rel=1e-12)
+    assert value == pytest.approx(expected, rel=1e-10)
+    assert w[0] > w[1]  # the confident voxel weighs more
     # decoders that agree cost nothing
     assert uncertainty_weighted_consistency([p1, p1]).item() == pytest.approx(0.0, abs=1e-12)
 
