@@ -30,7 +30,11 @@ from run_benchmark import ARMS  # noqa: E402
 
 MEASURE = r"""
 import json, resource, sys, time
+t0 = time.time()
+def phase(what):   # progress on stderr, which timing.py passes through: a stalled run shows where it stalled
+    print(f"  [{time.time() - t0:.1f}s] {what}", file=sys.stderr, flush=True)
 import numpy as np, torch
+phase("torch imported")
 from batchgenerators.utilities.file_and_folder_operations import load_json, join
 from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 import nnunetv2, os
@@ -40,7 +44,9 @@ cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "training",
 plans = load_json(join(pre, "nnUNetPlans.json"))
 plans["continue_training"] = False  # nnU-Net 2.8.1 pops this key in __init__
 trainer = cls(plans, config, fold, load_json(join(pre, "dataset.json")), torch.device(device))
+phase("trainer built")
 trainer.on_train_start()
+phase("on_train_start (network, data loaders)")
 trainer.on_epoch_start()
 trainer.on_train_epoch_start()
 times = []
@@ -53,25 +59,32 @@ for i in range(steps + 3):
     if device == "cuda":
         torch.cuda.synchronize()
     times.append(time.perf_counter() - t)
+    phase(f"step {i}: {times[-1]:.3f} s")
 peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 n_params = sum(p.numel() for p in trainer.network.parameters())
-print("RESULT " + json.dumps({"s_per_step": float(np.median(times[3:])), "peak_mib": peak, "n_parameters": n_params}))
+name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+print("RESULT " + json.dumps({"s_per_step": float(np.median(times[3:])), "peak_mib": peak, "n_parameters": n_params,
+                              "device_name": name, "batch_size": trainer.batch_size,
+                              "patch_size": list(trainer.configuration_manager.patch_size)}))
 os._exit(0)
 """
 
 
-def measure_training(pre: Path, config: str, trainer: str, steps: int, device: str, env: dict, fold: str = "0") -> dict:
+def measure_training(pre: Path, config: str, trainer: str, steps: int, device: str, env: dict, fold: str = "0",
+                     n_proc_da: int = 0) -> dict:
     out = subprocess.run([sys.executable, "-c", MEASURE, str(pre), config, trainer, str(steps), device, str(fold)],
-                         env=dict(env, nnUNet_n_proc_DA="0"), capture_output=True, text=True)
+                         env=dict(env, nnUNet_n_proc_DA=str(n_proc_da)), stdout=subprocess.PIPE, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"timing of {trainer} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    raise RuntimeError(f"timing of {trainer} failed (exit {out.returncode}; its stderr is above):\n{out.stdout[-2000:]}")
 
 
 def measure_inference(work: Path, dataset: str, config: str, trainer: str, n_cases: int, device: str,
                       env: dict, fold: str = "0") -> float | None:
+    if n_cases <= 0:
+        return None
     if not (work / "nnUNet_results" / dataset / f"{trainer}__nnUNetPlans__{config}" / f"fold_{fold}" /
             "checkpoint_final.pth").exists():
         return None
@@ -98,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--predict-cases", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fold", default="0", help="nnU-Net fold whose split (training) and checkpoint (inference) are used")
+    p.add_argument("--n-proc-da", type=int, default=0,
+                   help="nnU-Net's data-augmentation workers (0: in the main process; loading is never timed)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if "pL" not in args.arms:
@@ -111,16 +126,33 @@ def main(argv=None) -> int:
     for arm in args.arms:
         trainer = f"{ARMS[arm][0]}_{args.budget}"
         print(f"[{time.strftime('%H:%M:%S')}] {arm}: {trainer}", flush=True)
-        rows[arm] = measure_training(pre, args.config, trainer, args.steps, args.device, env, args.fold)
+        try:
+            rows[arm] = measure_training(pre, args.config, trainer, args.steps, args.device, env, args.fold,
+                                         args.n_proc_da)
+        except RuntimeError as e:   # one failing arm (e.g. out of memory) must not lose the others' numbers
+            print(e, file=sys.stderr, flush=True)
+            rows[arm] = {"error": str(e)[-3000:]}
+            continue
         rows[arm]["inference_s"] = measure_inference(work, dataset, args.config, trainer, args.predict_cases,
                                                      args.device, env, args.fold)
     ref = rows["pL"]
+    if "error" in ref:
+        print("nnU-Net's own trainer (pL) failed: no ratios", file=sys.stderr)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+        return 1
     lines = [f"`{args.config}` on {dataset}, {args.steps} timed training steps per arm (median, after 3 warm-up "
-             f"steps), device `{args.device}`; inference: nnUNetv2_predict of {args.predict_cases} test cases "
-             f"(with test-time mirroring). Ratios are to nnU-Net's own trainer (pL) measured in the same run.", "",
+             f"steps), device `{args.device}` ({ref.get('device_name', '?')}), batch size {ref.get('batch_size', '?')}, "
+             f"patch {ref.get('patch_size', '?')}; "
+             + (f"inference: nnUNetv2_predict of {args.predict_cases} test cases (with test-time mirroring). "
+                if args.predict_cases > 0 else "inference not measured (--predict-cases 0). ")
+             + f"Ratios are to nnU-Net's own trainer (pL) measured in the same run.", "",
              "| arm | trainer | parameters | s / training step | ratio | peak memory (MiB) | ratio | inference (s) | ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for arm, r in rows.items():
+        if "error" in r:
+            lines.append(f"| {arm} | {ARMS[arm][0]} | failed: {r['error'].strip().splitlines()[-1][:120]} |"
+                         " | | | | | |")
+            continue
         inf = r["inference_s"]
         inf_text = (f"{inf:.1f} | {inf / ref['inference_s']:.2f}" if inf and ref["inference_s"] else "n/a | n/a")
         lines.append(f"| {arm} | {ARMS[arm][0]} | {r['n_parameters'] / 1e6:.2f} M | {r['s_per_step']:.3f} | "

@@ -1,5 +1,9 @@
 """nnU-Net's real command-line entry points with our trainers, on tiny synthetic data, on the CPU.
 
+``NNUNET_SCRIBBLE_TEST_DEVICE=cuda`` runs every training, prediction and ``dmsps-expand`` of this module on the
+GPU instead (``-device cuda``: nnU-Net's mixed precision, pinned memory, CUDA inference); that is how the
+trainers were checked on a GPU machine (``benchmarks/gpu_check.sh``). CI has no GPU and runs them on the CPU.
+
 One module-scoped nnU-Net tree: ``make_synthetic_dataset`` (5 training, 2 test cases of 16x40x40) ->
 ``nnUNetv2_plan_and_preprocess`` -> ``nnunet_scribble add-configs --preset tiny``. Every training uses a ``*_tiny``
 trainer (2 epochs x 4 iterations) on a ``*_tiny`` configuration and is run at most once per module
@@ -34,6 +38,7 @@ LOSS_TERMS = {
 TRAINERS_2D = ["nnUNetTrainerScribble_tiny", "nnUNetTrainerScribblePreserveDS_tiny", "nnUNetTrainerScribble_pLDice_tiny", "nnUNetTrainerDMPLS_tiny",
                "nnUNetTrainerDMSPS_tiny", "nnUNetTrainerPSSeg_tiny", "nnUNetTrainer_tiny"]
 TIMEOUT = 600
+DEVICE = os.environ.get("NNUNET_SCRIBBLE_TEST_DEVICE", "cpu")
 
 
 def _tail(text: str, n: int = 60) -> str:
@@ -92,7 +97,7 @@ class NnUNet:
                         *extra)
 
     def train_command(self, dataset_id, config, trainer, *extra):
-        return [self.script("nnUNetv2_train"), dataset_id, config, "0", "-tr", trainer, "-device", "cpu", *extra]
+        return [self.script("nnUNetv2_train"), dataset_id, config, "0", "-tr", trainer, "-device", DEVICE, *extra]
 
     def train(self, dataset_id, config, trainer, *extra, ok=True, results=None):
         return self.run(*self.train_command(dataset_id, config, trainer, *extra), ok=ok, results=results,
@@ -116,7 +121,7 @@ class NnUNet:
     def predict(self, dataset_id, config, trainer, out_dir: Path, results=None) -> str:
         images = self.raw / self.dataset_name(dataset_id) / "imagesTs"
         return self.run(self.script("nnUNetv2_predict"), "-i", images, "-o", out_dir, "-d", dataset_id, "-c", config,
-                        "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta",
+                        "-f", "0", "-tr", trainer, "-device", DEVICE, "-npp", "1", "-nps", "1", "--disable_tta",
                         results=results)
 
 
@@ -323,7 +328,7 @@ TAU = "0.9"
 def expand(nn: NnUNet, target_id: int, *python_prefix: str, env_extra=None) -> str:
     nn.trained(DATASET, "2d_tiny", "nnUNetTrainerDMSPS_tiny")
     args = ["dmsps-expand", "-d", str(DATASET), "-o", str(target_id), "-c", "2d_tiny", "-f", "0",
-            "-tr", "nnUNetTrainerDMSPS_tiny", "--tau", TAU, "-device", "cpu"]
+            "-tr", "nnUNetTrainerDMSPS_tiny", "--tau", TAU, "-device", DEVICE]
     if python_prefix:
         return nn.run(sys.executable, "-c", "".join(python_prefix) +
                       f"from nnunet_scribble.cli import main; raise SystemExit(main({args!r}))", env_extra=env_extra)
