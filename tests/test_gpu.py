@@ -4,6 +4,7 @@ under nnU-Net's mixed precision (its train_step runs the network and the loss in
 Skipped where no CUDA GPU is visible (CI has none); ``benchmarks/gpu_check.sh`` runs it on a GPU machine,
 together with ``NNUNET_SCRIBBLE_TEST_DEVICE=cuda`` for the real nnU-Net commands in test_nnunet_commands.py.
 """
+import numpy as np
 import pytest
 import torch
 
@@ -118,3 +119,50 @@ def test_multi_decoder_training_step_on_gpu_with_grad_scaler():
     changed = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])]
     assert any(k.startswith("aux_decoders.0.") for k in changed) and any(k.startswith("aux_decoders.1.") for k in changed)
     assert any(k.startswith("encoder.") for k in changed)
+
+
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerDMPLS_tiny", "nnUNetTrainerDMSPS_tiny", "nnUNetTrainerPSSeg_tiny"])
+def test_trainer_train_and_validation_step_on_gpu(trainer_name, tmp_path, monkeypatch):
+    # our trainers' hooks around nnU-Net's own train_step / validation_step (autocast, GradScaler, the
+    # validation-loss swap, per-term logging), on the GPU, in-process: no data loader, no subprocess
+    import nnunet_scribble.trainers as trainers
+    from test_networks import small_plans
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))   # nnU-Net 2.8.1 reads its paths lazily
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    plans = small_plans()
+    plans["continue_training"] = False   # nnU-Net 2.8.1 pops this key in __init__
+    # initialize() infers nnU-Net's dataset class from the file endings in the data folder; no case is loaded
+    data_folder = tmp_path / "preprocessed" / plans["dataset_name"] / "nnUNetPlans_x"
+    data_folder.mkdir(parents=True)
+    (data_folder / "case.b2nd").touch()
+    dataset_json = {"labels": {"background": 0, "a": 1, "b": 2, "ignore": 3}, "channel_names": {"0": "x"},
+                    "numTraining": 2, "file_ending": ".nii.gz"}
+    trainer = getattr(trainers, trainer_name)(plans, "2d_tiny", 0, dataset_json, torch.device("cuda"))
+    trainer.initialize()
+    trainer.on_train_epoch_start()
+    _, _, patch = ARCHS["2d"]
+    g = torch.Generator().manual_seed(0)
+    target = torch.full((2, 1, *patch), 3.0)
+    target[:, :, 10:12, 4:28] = 1
+    target[:, :, 20:22, 4:28] = 2
+    target[:, :, 2, :] = 0
+    batch = {"data": torch.randn(2, 1, *patch, generator=g),
+             "target": [target, target[..., ::2, ::2], target[..., ::4, ::4]]}
+    before = {k: v.detach().clone() for k, v in trainer.network.state_dict().items()}
+    out = trainer.train_step(batch)
+    assert np.isfinite(out["loss"])
+    terms = {k for k in out if k.startswith("loss_")}
+    assert terms and all(np.isfinite(out[k]) for k in terms)
+    assert trainer.loss.iteration == 0 and next(trainer.network.parameters()).device.type == "cuda"
+    def aux_changed():
+        after = trainer.network.state_dict()
+        return any(not torch.equal(before[k], after[k]) for k in before if k.startswith("aux_decoders."))
+    for _ in range(20):   # nnU-Net's GradScaler (initial scale 2**16) skips steps until it has backed off
+        if aux_changed():
+            break
+        trainer.train_step(batch)
+    assert aux_changed()
+    trainer.network.eval()
+    val = trainer.validation_step(batch)
+    assert np.isfinite(val["loss"]) and len(val["tp_hard"]) == 2     # pCE of the main decoder; classes a, b
+    assert type(trainer.loss).__name__.endswith("Loss") and trainer.loss is not trainer.validation_loss
