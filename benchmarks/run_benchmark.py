@@ -178,12 +178,16 @@ class Benchmark:
             self.plan(kind)
 
     def plan(self, kind: str) -> None:
-        from nnunet_scribble.plans import needs_preprocessing
+        """``nnunet_scribble.plans.planning_commands``, each step run once (resumable)."""
+        from nnunet_scribble.plans import planning_commands
         name = self.dataset_name(kind)
-        base = self.args.config
         preprocessed = self.work / "nnUNet_preprocessed" / name
         plans = preprocessed / "nnUNetPlans.json"
         configurations = json.loads(plans.read_text())["configurations"] if plans.exists() else {}
+        commands = planning_commands(self.ids[kind], self.config)
+        plan_cmd = commands[0]                  # nnUNetv2_plan_and_preprocess of the planned base configuration
+        base = plan_cmd[plan_cmd.index("-c") + 1]
+        no_pp = "--no_pp" in plan_cmd
         # nnU-Net writes the plans before it preprocesses: an interrupted run leaves plans without data.
         # Finished = our marker, or (work folders from before the marker) one properties file per training case
         # (nnU-Net writes a case's .pkl after its arrays)
@@ -192,28 +196,31 @@ class Benchmark:
             n_training = json.loads((self.raw_folder(kind) / "dataset.json").read_text())["numTraining"]
             if len(list((preprocessed / configurations[base]["data_identifier"]).glob("*.pkl"))) == n_training:
                 done_base.write_text("nnUNetv2_plan_and_preprocess finished\n")
-        preset = self.profile["preset"]
-        own_spacing = bool(preset) and needs_preprocessing(preset)
         if not done_base.exists():
-            # a preset with its own spacing trains only on its own preprocessed data: plan the base, don't
-            # preprocess it (3d_fullres at full resolution would cost more than the CPU trainings)
-            log(f"plan {'' if own_spacing else 'and preprocess '}{name} ({base})")
-            self.run([self.bin / "nnUNetv2_plan_and_preprocess", "-d", self.ids[kind], "-c", base, "-np", "2",
-                      "-npfp", "2", "--verify_dataset_integrity"] + (["--no_pp"] if own_spacing else []),
+            log(f"plan {'' if no_pp else 'and preprocess '}{name} ({base})")
+            self.run(self.command(plan_cmd) + ["-np", "2", "-npfp", "2", "--verify_dataset_integrity"],
                      {"nnUNet_n_proc_DA": "1"})
             splits = self.raw_folder(kind) / "splits_final.json"
             if splits.exists():
                 shutil.copy(splits, preprocessed / "splits_final.json")
             configurations = json.loads(plans.read_text())["configurations"]
-            done_base.write_text(f"nnUNetv2_plan_and_preprocess{' --no_pp' if own_spacing else ''} finished\n")
-        if preset and self.config not in configurations:
-            self.run([sys.executable, "-m", "nnunet_scribble", "add-configs", "-d", self.ids[kind],
-                      "--preset", preset, "-c", base])
-        done = preprocessed / f".preprocessed_{self.config}"
-        if own_spacing and not done.exists():
-            log(f"preprocess {name} ({self.config}: own spacing)")
-            self.run([self.bin / "nnUNetv2_preprocess", "-d", self.ids[kind], "-c", self.config, "-np", "2"])
-            done.write_text("nnUNetv2_preprocess finished\n")
+            done_base.write_text(f"nnUNetv2_plan_and_preprocess{' --no_pp' if no_pp else ''} finished\n")
+        for cmd in commands[1:]:
+            if cmd[:2] == ["nnunet_scribble", "add-configs"]:
+                if self.config not in configurations:
+                    self.run(self.command(cmd))
+            else:                               # nnUNetv2_preprocess of a configuration with its own spacing
+                done = preprocessed / f".preprocessed_{self.config}"
+                if not done.exists():
+                    log(f"preprocess {name} ({self.config}: own spacing)")
+                    self.run(self.command(cmd) + ["-np", "2"])
+                    done.write_text("nnUNetv2_preprocess finished\n")
+
+    def command(self, cmd: List[str]) -> List[str]:
+        """A console-script command line with this environment's executables."""
+        if cmd[0] == "nnunet_scribble":
+            return [sys.executable, "-m", "nnunet_scribble", *cmd[1:]]
+        return [str(self.bin / cmd[0]), *cmd[1:]]
 
     # ------------------------------------------------------------------ arms
     def train(self, arm: str, seed: int) -> dict:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -36,6 +36,26 @@ PRESETS: Dict[str, dict] = {
 def needs_preprocessing(preset: str) -> bool:
     """Whether configurations of ``preset`` have their own spacing (run ``nnUNetv2_preprocess -c ...``)."""
     return PRESETS[preset].get("spacing_factor", 1) != 1
+
+
+def planning_commands(dataset_id: int | str, configuration: str) -> List[List[str]]:
+    """The commands, in order, that make ``configuration`` of dataset ``dataset_id`` trainable.
+
+    A configuration nnU-Net plans itself (``2d``, ``3d_fullres``): ``nnUNetv2_plan_and_preprocess -c`` it.
+    ``<base>_<preset>`` (``2d_cpu``, ``3d_fullres_cpulowres``): plan the base, add the preset's configurations
+    (``nnunet_scribble add-configs``), and, when the preset has its own spacing, preprocess the added
+    configuration; the base is then planned with ``--no_pp``, since only the preset's data is trained on.
+    """
+    d = str(dataset_id)
+    base, _, preset = configuration.rpartition("_")
+    if not base or preset not in PRESETS:
+        return [["nnUNetv2_plan_and_preprocess", "-d", d, "-c", configuration]]
+    own_spacing = needs_preprocessing(preset)
+    commands = [["nnUNetv2_plan_and_preprocess", "-d", d, "-c", base] + (["--no_pp"] if own_spacing else []),
+                ["nnunet_scribble", "add-configs", "-d", d, "--preset", preset, "-c", base]]
+    if own_spacing:
+        commands.append(["nnUNetv2_preprocess", "-d", d, "-c", configuration])
+    return commands
 
 
 def _shrunk_architecture(architecture: dict, first_features: int, max_features: int) -> dict:

@@ -28,7 +28,7 @@ import cc3d
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_scribble.plans import PRESETS, needs_preprocessing
+from nnunet_scribble.plans import planning_commands
 from nnunet_scribble.raw_dataset import RawDatasetWriter, read_image
 
 
@@ -180,15 +180,6 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
                         scribble_method=f"dmsps_stage2(tau={tau}, lcc={lcc}, merge_scribbles={merge_scribbles})")
     print(f"expanded labels cover {100 * np.mean(fractions):.1f}% of the voxels on average "
           f"(source scribbles: {dataset_json.get('annotated_fraction', 'n/a')})")
-    base, _, preset = configuration.rpartition("_")
-    if preset in PRESETS and base:
-        # a preset with its own spacing trains only on its own data: plan the base without preprocessing it
-        own_spacing = needs_preprocessing(preset)
-        plan = (f"nnUNetv2_plan_and_preprocess -d {target_id} -c {base}{' --no_pp' if own_spacing else ''} && "
-                f"nnunet_scribble add-configs -d {target_id} --preset {preset} -c {base}")
-        if own_spacing:
-            plan += f" && nnUNetv2_preprocess -d {target_id} -c {configuration}"
-    else:
-        plan = f"nnUNetv2_plan_and_preprocess -d {target_id} -c {configuration}"
+    plan = " && ".join(" ".join(c) for c in planning_commands(target_id, configuration))
     print(f"wrote {writer.target}\nnext: {plan} && nnUNetv2_train {target_id} {configuration} {fold} -tr {trainer}")
     return writer.target

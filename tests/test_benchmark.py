@@ -115,7 +115,7 @@ def test_benchmark_lowres_profile_preprocesses_its_own_spacing(acdc_data, tmp_pa
         run_benchmark.main([a if a != "tinylowres" else "tiny" for a in argv])
     # the base configuration was planned, not preprocessed: only the lowres configuration is trained on
     assert not (pre / plans["2d"]["data_identifier"]).exists()
-    assert "nnUNetv2_plan_and_preprocess -d 700 -c 2d -np 2 -npfp 2 --verify_dataset_integrity --no_pp" in log_before
+    assert "nnUNetv2_plan_and_preprocess -d 700 -c 2d --no_pp -np 2 -npfp 2 --verify_dataset_integrity" in log_before
     # an interrupted planning (no marker) is run again; nnU-Net's planner keeps configurations it did not
     # plan, so the lowres configuration and its preprocessed data are kept
     (pre / ".preprocessed_2d").unlink()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nnunet_scribble.plans import PRESETS, add_configurations, needs_preprocessing
+from nnunet_scribble.plans import PRESETS, add_configurations, needs_preprocessing, planning_commands
 
 ARCH_2D = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
            "arch_kwargs": {"n_stages": 7, "features_per_stage": [32, 64, 128, 256, 512, 512, 512],
@@ -103,3 +103,18 @@ def test_lowres_preset_on_resenc_plans(tmp_path):
     k = config["architecture"]["arch_kwargs"]
     assert k["n_stages"] == 6 and k["n_blocks_per_stage"] == [1, 3, 4, 6, 6, 6] and "n_conv_per_stage" not in k
     assert k["n_conv_per_stage_decoder"] == [2] * 5 and config["patch_size"] == [128, 128]
+
+
+def test_planning_commands():
+    # nnU-Net's own configurations: plan and preprocess them
+    assert planning_commands(7, "2d") == [["nnUNetv2_plan_and_preprocess", "-d", "7", "-c", "2d"]]
+    assert planning_commands(7, "3d_fullres") == [["nnUNetv2_plan_and_preprocess", "-d", "7", "-c", "3d_fullres"]]
+    # a preset sharing the base's data: preprocess the base, add the configuration
+    assert planning_commands("7", "3d_lowres_cpu") == [
+        ["nnUNetv2_plan_and_preprocess", "-d", "7", "-c", "3d_lowres"],
+        ["nnunet_scribble", "add-configs", "-d", "7", "--preset", "cpu", "-c", "3d_lowres"]]
+    # a preset with its own spacing: plan the base only, add, preprocess the added configuration
+    assert planning_commands(710, "3d_fullres_cpulowres") == [
+        ["nnUNetv2_plan_and_preprocess", "-d", "710", "-c", "3d_fullres", "--no_pp"],
+        ["nnunet_scribble", "add-configs", "-d", "710", "--preset", "cpulowres", "-c", "3d_fullres"],
+        ["nnUNetv2_preprocess", "-d", "710", "-c", "3d_fullres_cpulowres"]]
