@@ -1,8 +1,9 @@
 """nnU-Net's real command-line entry points with our trainers, on tiny synthetic data, on the CPU.
 
 ``NNUNET_SCRIBBLE_TEST_DEVICE=cuda`` runs every training, prediction and ``dmsps-expand`` of this module on the
-GPU instead (``-device cuda``: nnU-Net's mixed precision, pinned memory, CUDA inference); that is how the
-trainers were checked on a GPU machine (``benchmarks/gpu_check.sh``). CI has no GPU and runs them on the CPU.
+GPU instead (``-device cuda``: nnU-Net's mixed precision, pinned memory, CUDA inference), as
+``benchmarks/gpu_check.sh`` does on a GPU machine (benchmarks/RESULTS.md, "GPU check", says which tests have run
+there). CI has no GPU and runs them on the CPU.
 
 One module-scoped nnU-Net tree: ``make_synthetic_dataset`` (5 training, 2 test cases of 16x40x40) ->
 ``nnUNetv2_plan_and_preprocess`` -> ``nnunet_scribble add-configs --preset tiny``. Every training uses a ``*_tiny``
