@@ -10,7 +10,8 @@
 # Stages (each time-boxed; one failing stage does not stop the others; logs and tables go to $OUT):
 #   1. tests/test_gpu.py: losses and networks on the GPU against the CPU, mixed precision.
 #   2. tests/test_nnunet_commands.py with NNUNET_SCRIBBLE_TEST_DEVICE=cuda: nnUNetv2_train / nnUNetv2_predict /
-#      --c / --val / dmsps-expand / 3d_fullres / 3d_lowres on the GPU, every trainer, tiny synthetic data.
+#      --c / --val / dmsps-expand / 3d_fullres / 3d_lowres on the GPU, every trainer, tiny synthetic data
+#      (multi-decoder tests first, then the rest; CMD_TIMEOUT per part, CMD_K for one selection of your own).
 #      Meanwhile (CPU only) two synthetic datasets shaped like the benchmark data are planned and preprocessed
 #      with nnU-Net's default plans, shaped like the converted benchmark datasets (median shape and spacing of
 #      Dataset700 ACDC and Dataset710 BTCV; ACDC has ~140 volumes, which sets its 2d batch size of 56): ACDC-like
@@ -69,10 +70,19 @@ rc=$?; log "stage 1 rc=$rc $(grep -c " PASSED" "$L/test_gpu.log") passed: $(tail
 log "stage 2: nnU-Net commands on $DEVICE (+ preparing the default-plans data on the CPU)"
 ( prepare 810 2d 130 "(9, 256, 216)" "(1.5625, 1.5625, 10.0)"; prepare 811 3d_fullres 8 "(148, 234, 256)" "(1.35, 1.35, 3.0)" ) &
 PREP=$!
-NNUNET_SCRIBBLE_TEST_DEVICE=$DEVICE timeout "${CMD_TIMEOUT:-300}" python3 -m pytest -v -rA -p no:cacheprovider \
-  --durations=0 tests/test_nnunet_commands.py ${CMD_K:+-k "$CMD_K"} > "$L/test_commands.log" 2>&1
-rc=$?; pkill -f "bin/nnUNetv2_" 2>/dev/null   # a time-boxed pytest leaves its nnU-Net children running
-log "stage 2 rc=$rc $(grep -c " PASSED" "$L/test_commands.log") passed: $(tail -n 1 "$L/test_commands.log")"
+# the multi-decoder trainers first (the partial-CE trainers ran on an H200 on 2026-11-26, these did not), then
+# the rest; each part has its own time box. CMD_K replaces both with one selection.
+if [ -n "${CMD_K:-}" ]; then PARTS=("$CMD_K"); else
+  FIRST="(DMPLS or DMSPS or PSSeg or 3d_multi_decoder or continue_and_validation or 3d_lowres) and not compile"
+  PARTS=("$FIRST" "not ($FIRST)"); fi
+i=0
+for k in "${PARTS[@]}"; do
+  i=$((i + 1))
+  NNUNET_SCRIBBLE_TEST_DEVICE=$DEVICE timeout "${CMD_TIMEOUT:-300}" python3 -m pytest -v -rA -p no:cacheprovider \
+    --durations=0 tests/test_nnunet_commands.py -k "$k" > "$L/test_commands_$i.log" 2>&1
+  rc=$?; pkill -f "bin/nnUNetv2_" 2>/dev/null   # a time-boxed pytest leaves its nnU-Net children running
+  log "stage 2.$i ($k) rc=$rc $(grep -c " PASSED" "$L/test_commands_$i.log") passed: $(tail -n 1 "$L/test_commands_$i.log")"
+done
 wait $PREP
 for d in 810 811; do cp "$W"/d$d/nnUNet_preprocessed/*/nnUNetPlans.json "$L/plans_$d.json" 2>/dev/null; done
 log "prepared: $(python3 -c "
