@@ -80,7 +80,7 @@ for k in "${PARTS[@]}"; do
   i=$((i + 1))
   NNUNET_SCRIBBLE_TEST_DEVICE=$DEVICE timeout "${CMD_TIMEOUT:-300}" python3 -m pytest -v -rA -p no:cacheprovider \
     --durations=0 tests/test_nnunet_commands.py -k "$k" > "$L/test_commands_$i.log" 2>&1
-  rc=$?; pkill -f "bin/nnUNetv2_" 2>/dev/null   # a time-boxed pytest leaves its nnU-Net children running
+  rc=$?; pkill -f "bin/nnUNetv2_(train|predict)" 2>/dev/null   # left by a time-boxed pytest (not the preparation)
   log "stage 2.$i ($k) rc=$rc $(grep -c " PASSED" "$L/test_commands_$i.log") passed: $(tail -n 1 "$L/test_commands_$i.log")"
 done
 wait $PREP
