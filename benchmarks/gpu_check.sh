@@ -80,7 +80,7 @@ for k in "${PARTS[@]}"; do
   i=$((i + 1))
   NNUNET_SCRIBBLE_TEST_DEVICE=$DEVICE timeout "${CMD_TIMEOUT:-300}" python3 -m pytest -v -rA -p no:cacheprovider \
     --durations=0 tests/test_nnunet_commands.py -k "$k" > "$L/test_commands_$i.log" 2>&1
-  rc=$?; pkill -f "bin/nnUNetv2_(train|predict)" 2>/dev/null   # left by a time-boxed pytest (not the preparation)
+  rc=$?   # timeout signals its whole process group: the part's nnU-Net children end with it
   log "stage 2.$i ($k) rc=$rc $(grep -c " PASSED" "$L/test_commands_$i.log") passed: $(tail -n 1 "$L/test_commands_$i.log")"
 done
 wait $PREP
@@ -98,7 +98,7 @@ for spec in "810 2d" "811 3d_fullres"; do
   timeout "${TIMING_TIMEOUT:-200}" python3 benchmarks/timing.py --work "$W/d$1" --dataset-id "$1" --config "$2" \
     --budget gpu --arms $ARMS --steps "$STEPS" --device "$DEVICE" --n-proc-da "$NPROC" --predict-cases 0 \
     --out "$OUT/timing_$2.md" > "$L/timing_$2.log" 2>&1
-  rc=$?; pkill -f recursive_find_python_class 2>/dev/null   # the measuring child of a time-boxed timing.py
+  rc=$?   # (and the measuring child of a time-boxed timing.py with it)
   log "timing $2 rc=$rc"
   mv "$OUT/timing_$2.json" "$L/" 2>/dev/null
 done
