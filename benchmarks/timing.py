@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,9 @@ for i in range(steps + 3):
 peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 n_params = sum(p.numel() for p in trainer.network.parameters())
+for loader in (trainer.dataloader_train, trainer.dataloader_val):
+    if hasattr(loader, "_finish"):   # nnU-Net's augmentation workers (nnUNet_n_proc_DA > 0)
+        loader._finish()
 name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
 print("RESULT " + json.dumps({"s_per_step": float(np.median(times[3:])), "peak_mib": peak, "n_parameters": n_params,
                               "device_name": name, "batch_size": trainer.batch_size,
@@ -73,12 +77,28 @@ os._exit(0)
 
 def measure_training(pre: Path, config: str, trainer: str, steps: int, device: str, env: dict, fold: str = "0",
                      n_proc_da: int = 0) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(pre), config, trainer, str(steps), device, str(fold)],
-                         env=dict(env, nnUNet_n_proc_DA=str(n_proc_da)), stdout=subprocess.PIPE, text=True)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"timing of {trainer} failed (exit {out.returncode}; its stderr is above):\n{out.stdout[-2000:]}")
+    """Run MEASURE in its own process group and read its RESULT line; then end the whole group, since
+    augmentation workers that outlive it would hold its stdout open (and the GPU) forever."""
+    proc = subprocess.Popen([sys.executable, "-c", MEASURE, str(pre), config, trainer, str(steps), device, str(fold)],
+                            env=dict(env, nnUNet_n_proc_DA=str(n_proc_da)), stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    result, tail = None, []
+    try:
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                result = json.loads(line[7:])
+                break
+            tail = (tail + [line])[-40:]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    if result is None:
+        raise RuntimeError(f"timing of {trainer} failed (exit {proc.returncode}; its stderr is above):\n"
+                           + "".join(tail)[-2000:])
+    return result
 
 
 def measure_inference(work: Path, dataset: str, config: str, trainer: str, n_cases: int, device: str,
@@ -115,6 +135,8 @@ def main(argv=None) -> int:
                    help="nnU-Net's data-augmentation workers (0: in the main process; loading is never timed)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    # a time limit's SIGTERM must run measure_training's cleanup (its child is in a process group of its own)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if "pL" not in args.arms:
         p.error("--arms must include pL: ratios are to nnU-Net's own trainer measured in the same run")
     work = Path(args.work).resolve()
@@ -150,8 +172,8 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|---|---|---|"]
     for arm, r in rows.items():
         if "error" in r:
-            lines.append(f"| {arm} | {ARMS[arm][0]} | failed: {r['error'].strip().splitlines()[-1][:120]} |"
-                         " | | | | | |")
+            first = r["error"].strip().splitlines()[0].replace("|", "/")   # "timing of X failed (exit N; ...)"
+            lines.append(f"| {arm} | {ARMS[arm][0]} | {first} | | | | | | |")
             continue
         inf = r["inference_s"]
         inf_text = (f"{inf:.1f} | {inf / ref['inference_s']:.2f}" if inf and ref["inference_s"] else "n/a | n/a")

@@ -78,7 +78,8 @@ def test_multi_decoder_network_on_gpu_equals_cpu(name):
     cpu = multi(name, k=3, deep_supervision=True, inference_mode="mean").eval()
     gpu = multi(name, k=3, deep_supervision=True, inference_mode="mean", seed=1).eval().cuda()
     gpu.load_state_dict(cpu.state_dict(), strict=True)
-    with torch.no_grad():
+    # full float32 convolutions on the GPU too (Ampere/Hopper would otherwise use TF32)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         a, b = cpu(x), gpu(x.cuda())
     for ya, yb in zip(a, b):
         assert yb.device.type == "cuda"
@@ -129,6 +130,7 @@ def test_trainer_train_and_validation_step_on_gpu(trainer_name, tmp_path, monkey
     from test_networks import small_plans
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))   # nnU-Net 2.8.1 reads its paths lazily
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("nnUNet_compile", "f")   # on CUDA nnU-Net would torch.compile the network (keys _orig_mod.*)
     plans = small_plans()
     plans["continue_training"] = False   # nnU-Net 2.8.1 pops this key in __init__
     # initialize() infers nnU-Net's dataset class from the file endings in the data folder; no case is loaded
