@@ -14,6 +14,7 @@ On CUDA the peak is ``torch.cuda.max_memory_allocated``; on CPU it is the proces
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -64,9 +65,6 @@ for i in range(steps + 3):
 peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 n_params = sum(p.numel() for p in trainer.network.parameters())
-for loader in (trainer.dataloader_train, trainer.dataloader_val):
-    if hasattr(loader, "_finish"):   # nnU-Net's augmentation workers (nnUNet_n_proc_DA > 0)
-        loader._finish()
 name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
 print("RESULT " + json.dumps({"s_per_step": float(np.median(times[3:])), "peak_mib": peak, "n_parameters": n_params,
                               "device_name": name, "batch_size": trainer.batch_size,
@@ -82,13 +80,13 @@ def measure_training(pre: Path, config: str, trainer: str, steps: int, device: s
     proc = subprocess.Popen([sys.executable, "-c", MEASURE, str(pre), config, trainer, str(steps), device, str(fold)],
                             env=dict(env, nnUNet_n_proc_DA=str(n_proc_da)), stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
-    result, tail = None, []
+    result, tail = None, collections.deque(maxlen=40)
     try:
         for line in proc.stdout:
             if line.startswith("RESULT "):
                 result = json.loads(line[7:])
                 break
-            tail = (tail + [line])[-40:]
+            tail.append(line)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -35,6 +35,16 @@ def _on(outs, targets, device, dtype=torch.float64):
     return outs, [t.to(device) for t in targets]
 
 
+def _scribble_ds_targets(patch, dtype=torch.int64):
+    """Two scribbled lines and a background line (ignore = 3 elsewhere) at the 2d network's three
+    deep-supervision scales."""
+    target = torch.full((2, 1, *patch), 3, dtype=dtype)
+    target[:, :, 10:12, 4:28] = 1
+    target[:, :, 20:22, 4:28] = 2
+    target[:, :, 2, :] = 0
+    return [target, target[..., ::2, ::2], target[..., ::4, ::4]]
+
+
 @pytest.mark.parametrize("name, k", [("DMPLS", 2), ("DMSPS", 2), ("PSSeg", 3)])
 def test_losses_and_gradients_on_gpu_equal_cpu(name, k):
     # _ds_outputs: the low-resolution scale has no scribble at all (the empty-scale case)
@@ -92,11 +102,7 @@ def test_multi_decoder_training_step_on_gpu_with_grad_scaler():
     net = multi("2d", k=3, deep_supervision=True).train().cuda()
     _, _, patch = ARCHS["2d"]
     x = _input(patch, batch=2).cuda()
-    target = torch.full((2, 1, *patch), 3, device="cuda")
-    target[:, :, 10:12, 4:28] = 1
-    target[:, :, 20:22, 4:28] = 2
-    target[:, :, 2, :] = 0
-    targets = [target, target[..., ::2, ::2], target[..., ::4, ::4]]
+    targets = [t.cuda() for t in _scribble_ds_targets(patch)]
     loss_fn = PSSegLoss(3, ds_weights=(4 / 7, 2 / 7, 1 / 7), rampup_iterations=10)
     loss_fn.iteration = 10
     opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
@@ -144,12 +150,8 @@ def test_trainer_train_and_validation_step_on_gpu(trainer_name, tmp_path, monkey
     trainer.on_train_epoch_start()
     _, _, patch = ARCHS["2d"]
     g = torch.Generator().manual_seed(0)
-    target = torch.full((2, 1, *patch), 3.0)
-    target[:, :, 10:12, 4:28] = 1
-    target[:, :, 20:22, 4:28] = 2
-    target[:, :, 2, :] = 0
     batch = {"data": torch.randn(2, 1, *patch, generator=g),
-             "target": [target, target[..., ::2, ::2], target[..., ::4, ::4]]}
+             "target": _scribble_ds_targets(patch, torch.float32)}   # nnU-Net's batches carry float targets
     before = {k: v.detach().clone() for k, v in trainer.network.state_dict().items()}
     out = trainer.train_step(batch)
     assert np.isfinite(out["loss"])
