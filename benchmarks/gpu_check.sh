@@ -18,6 +18,10 @@
 #      (130 cases of 9 x 256 x 216 at 10 x 1.5625 x 1.5625 mm) for 2d
 #      and BTCV-like (8 cases of 148 x 234 x 256 at 3 x 1.35 x 1.35 mm) for 3d_fullres.
 #   3. benchmarks/timing.py on both: seconds per training step and peak GPU memory of each arm, ratio to pL.
+# Knobs: TIMING=0 skips the default-plans data and stage 3 (a short device budget spent on stage 2 alone);
+# DEADLINE (seconds from the start): no stage-2 part runs past it;
+# CMD_NPROC_DA (default 2) is nnU-Net's augmentation worker count (nnUNet_n_proc_DA) in stage 2's tiny trainings:
+# nnU-Net's default of 12 workers per training costs more start-up than the tiny trainings themselves.
 # Synthetic data: step time and memory depend on the plans (patch, batch, network), not on the image content.
 # $OUT gets steps.log, env.txt, the timing tables (timing_*.md) and logs.tgz (every log, timing json, plans).
 set -u
@@ -68,8 +72,8 @@ timeout 150 python3 -m pytest -v -rA -p no:cacheprovider tests/test_gpu.py > "$L
 rc=$?; log "stage 1 rc=$rc $(grep -c " PASSED" "$L/test_gpu.log") passed: $(tail -n 1 "$L/test_gpu.log")"
 
 log "stage 2: nnU-Net commands on $DEVICE (+ preparing the default-plans data on the CPU)"
-( prepare 810 2d 130 "(9, 256, 216)" "(1.5625, 1.5625, 10.0)"; prepare 811 3d_fullres 8 "(148, 234, 256)" "(1.35, 1.35, 3.0)" ) &
-PREP=$!
+TIMING=${TIMING:-1}
+[ "$TIMING" = 1 ] && ( prepare 810 2d 130 "(9, 256, 216)" "(1.5625, 1.5625, 10.0)"; prepare 811 3d_fullres 8 "(148, 234, 256)" "(1.35, 1.35, 3.0)" ) &
 # the multi-decoder trainers first (the partial-CE trainers ran on an H200 on 2026-11-26, these did not), then
 # the rest; each part has its own time box. CMD_K replaces both with one selection.
 if [ -n "${CMD_K:-}" ]; then PARTS=("$CMD_K"); else
@@ -78,12 +82,16 @@ if [ -n "${CMD_K:-}" ]; then PARTS=("$CMD_K"); else
 i=0
 for k in "${PARTS[@]}"; do
   i=$((i + 1))
-  NNUNET_SCRIBBLE_TEST_DEVICE=$DEVICE timeout "${CMD_TIMEOUT:-300}" python3 -m pytest -v -rA -p no:cacheprovider \
+  t=${CMD_TIMEOUT:-300}
+  if [ -n "${DEADLINE:-}" ]; then left=$(( DEADLINE - $(date +%s) + T0 )); [ "$left" -lt "$t" ] && t=$left; fi
+  [ "$t" -lt 30 ] && { log "stage 2.$i ($k) not started: DEADLINE"; continue; }
+  nnUNet_n_proc_DA=${CMD_NPROC_DA:-2} NNUNET_SCRIBBLE_TEST_DEVICE=$DEVICE timeout "$t" python3 -m pytest -v -rA -p no:cacheprovider \
     --durations=0 tests/test_nnunet_commands.py -k "$k" > "$L/test_commands_$i.log" 2>&1
   rc=$?   # timeout signals its whole process group: the part's nnU-Net children end with it
   log "stage 2.$i ($k) rc=$rc $(grep -c " PASSED" "$L/test_commands_$i.log") passed: $(tail -n 1 "$L/test_commands_$i.log")"
 done
-wait $PREP
+wait
+[ "$TIMING" = 1 ] || { log "done (TIMING=0: no stage 3)"; exit 0; }
 for d in 810 811; do cp "$W"/d$d/nnUNet_preprocessed/*/nnUNetPlans.json "$L/plans_$d.json" 2>/dev/null; done
 log "prepared: $(python3 -c "
 import json, sys
