@@ -71,11 +71,11 @@ log "stage 1: tests/test_gpu.py"
 timeout 150 python3 -m pytest -v -rA -p no:cacheprovider tests/test_gpu.py > "$L/test_gpu.log" 2>&1
 rc=$?; log "stage 1 rc=$rc $(grep -c " PASSED" "$L/test_gpu.log") passed: $(tail -n 1 "$L/test_gpu.log")"
 
-log "stage 2: nnU-Net commands on $DEVICE (+ preparing the default-plans data on the CPU)"
 TIMING=${TIMING:-1}
+log "stage 2: nnU-Net commands on $DEVICE$([ "$TIMING" = 1 ] && echo " (+ preparing the default-plans data on the CPU)")"
 [ "$TIMING" = 1 ] && ( prepare 810 2d 130 "(9, 256, 216)" "(1.5625, 1.5625, 10.0)"; prepare 811 3d_fullres 8 "(148, 234, 256)" "(1.35, 1.35, 3.0)" ) &
-# the multi-decoder trainers first (the partial-CE trainers ran on an H200 on 2026-11-26, these did not), then
-# the rest; each part has its own time box. CMD_K replaces both with one selection.
+# the multi-decoder trainers first (the longest tests; on the H200 leases of 2026-11-26 the partial-CE trainers
+# passed on the first, the multi-decoder ones on the second), then the rest; each part has its own time box. CMD_K replaces both with one selection.
 if [ -n "${CMD_K:-}" ]; then PARTS=("$CMD_K"); else
   FIRST="(DMPLS or DMSPS or PSSeg or 3d_multi_decoder or continue_and_validation or 3d_lowres) and not compile"
   PARTS=("$FIRST" "not ($FIRST)"); fi
