@@ -11,6 +11,7 @@ Every arm trains on the same scribbles, fold, plans configuration and budget (pr
 * ``cpulowres``: for large images (BTCV): the ``cpu`` widths at half the in-plane resolution with one stage
   fewer (``<config>_cpulowres``, preprocessed once with ``nnUNetv2_preprocess``) and the longer ``_cpulong``
   budget; ``cpulowres1k``: the same plans with the ``cpu`` budget (1000 iterations; BTCV ``--config 3d_fullres``);
+* ``cpu3k``: the ``cpu`` plans with the ``_cpu3k`` budget (3000 iterations; ACDC budget study);
 * ``tiny``, ``tinylowres``: plumbing tests only (``tests/test_benchmark.py``).
 
 Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling), ``pL`` (nnU-Net default
@@ -46,6 +47,8 @@ PROFILES = {
     "cpulowres": {"budget": "cpulong", "preset": "cpulowres"},
     # the same plans with the 1000-iteration budget: BTCV 3d_fullres on CPU
     "cpulowres1k": {"budget": "cpu", "preset": "cpulowres"},
+    # the cpu plans with a 3x longer budget (3000 iterations): does the ranking hold with more training?
+    "cpu3k": {"budget": "cpu3k", "preset": "cpu"},
 }
 
 # arm -> trainer base name, dataset kind ("scribble" | "dense" | "stage2"), parent arm for *_avg arms

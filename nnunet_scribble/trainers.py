@@ -362,6 +362,7 @@ BUDGETS = {
     "demo": (6, 12, 3),       # README demo on a laptop CPU
     "cpu": (40, 25, 5),       # CPU benchmark profile (benchmarks/)
     "cpulong": (100, 40, 5),  # CPU benchmark profile for large images (BTCV; benchmarks/)
+    "cpu3k": (120, 25, 5),    # CPU benchmark profile, 3x longer (ACDC budget study; benchmarks/)
     "gpu": (250, 250, 50),    # GPU benchmark profile (benchmarks/)
 }
 
