@@ -77,12 +77,15 @@ def restore_lost_classes(expanded: np.ndarray, scribble: np.ndarray, ignore_labe
     return lost
 
 
-def report_lost_classes(lost: Dict[int, List[str]], n_cases: int, labels: Dict[str, int], tau: float) -> None:
+def report_lost_classes(lost: Dict[int, List[str]], scribbled: Dict[int, int], labels: Dict[str, int],
+                        tau: float) -> None:
+    """Warn once per class in ``lost`` (class -> cases where it had no confident voxel); ``scribbled`` holds, per
+    class, the number of cases whose scribbles contain it."""
     names = {v: k for k, v in labels.items()}
     for c, cases in sorted(lost.items()):
         print(f"WARNING: class {c} ({names.get(c, '?')}) has no confident voxel at tau={tau} in {len(cases)} of "
-              f"{n_cases} cases that scribble it (e.g. {', '.join(cases[:3])}); their scribbles of that class were "
-              f"kept. A stage-1 model this unsure of a class gives stage 2 little to learn: train it longer or raise "
+              f"{scribbled[c]} cases that scribble it (e.g. {', '.join(cases[:3])}); their scribbles of that class "
+              f"were kept. A stage-1 model this unsure of a class gives stage 2 little to learn: train it longer or raise "
               f"--tau.")
 
 
@@ -141,13 +144,15 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
         predictor.predict_from_files(inputs, [os.path.join(tmp, c) for c in cases], save_probabilities=True,
                                      overwrite=True, num_processes_preprocessing=1,
                                      num_processes_segmentation_export=1)
-        fractions, lost = [], {}
+        fractions, lost, scribbled = [], {}, {}
         for c in cases:
             probs = np.load(os.path.join(tmp, c + ".npz"))["probabilities"].astype(np.float32)
             scribble_img = read_image(raw / "labelsTr" / f"{c}{ending}")
             scribble = sitk.GetArrayFromImage(scribble_img)
             if probs.shape[1:] != scribble.shape:
                 raise RuntimeError(f"{c}: probabilities {probs.shape[1:]} do not match the label {scribble.shape}")
+            for k in np.unique(scribble[scribble != ignore]):
+                scribbled[int(k)] = scribbled.get(int(k), 0) + 1
             expanded = expand_scribbles(probs, ignore, tau, lcc)
             if merge_scribbles:
                 expanded[scribble != ignore] = scribble[scribble != ignore]
@@ -165,7 +170,7 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
             images = [read_image(p) for p in inputs[cases.index(c)]]
             dense_file = raw / "labelsTr_dense" / f"{c}{ending}"
             writer.add_training_case(c, images, label_img, read_image(dense_file) if dense_file.is_file() else None)
-        report_lost_classes(lost, len(cases), dataset_json["labels"], tau)
+        report_lost_classes(lost, scribbled, dataset_json["labels"], tau)
         for image_file in sorted((raw / "imagesTs").glob(f"*_0000{ending}")) if (raw / "imagesTs").is_dir() else []:
             c = image_file.name[:-len(f"_0000{ending}")]
             dense_file = raw / "labelsTs" / f"{c}{ending}"

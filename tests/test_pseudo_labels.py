@@ -91,8 +91,9 @@ def test_restore_lost_classes_puts_back_only_the_lost_class():
 
 
 def test_report_lost_classes_names_class_and_counts(capsys):
-    report_lost_classes({1: ["case_a", "case_b"]}, 5, {"background": 0, "RV": 1, "ignore": 2}, 0.1)
+    # the denominator is the number of cases that scribble that class, not the number of cases
+    report_lost_classes({1: ["case_a", "case_b"]}, {0: 7, 1: 5}, {"background": 0, "RV": 1, "ignore": 2}, 0.1)
     out = capsys.readouterr().out
     assert "class 1 (RV)" in out and "2 of 5 cases" in out and "case_a, case_b" in out and "tau=0.1" in out
-    report_lost_classes({}, 5, {"background": 0}, 0.1)
+    report_lost_classes({}, {0: 7}, {"background": 0}, 0.1)
     assert capsys.readouterr().out == ""
