@@ -21,6 +21,7 @@ import json
 import math
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -85,8 +86,8 @@ def report_lost_classes(lost: Dict[int, List[str]], scribbled: Dict[int, int], l
     for c, cases in sorted(lost.items()):
         print(f"WARNING: class {c} ({names.get(c, '?')}) has no confident voxel at tau={tau} in {len(cases)} of "
               f"{scribbled[c]} cases that scribble it (e.g. {', '.join(cases[:3])}); their scribbles of that class "
-              f"were kept. A stage-1 model this unsure of a class gives stage 2 little to learn: train it longer or raise "
-              f"--tau.")
+              f"were kept. A stage-1 model this unsure of a class gives stage 2 little to learn: train it longer or "
+              f"raise --tau.")
 
 
 def _dataset_paths(dataset):
@@ -144,15 +145,14 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
         predictor.predict_from_files(inputs, [os.path.join(tmp, c) for c in cases], save_probabilities=True,
                                      overwrite=True, num_processes_preprocessing=1,
                                      num_processes_segmentation_export=1)
-        fractions, lost, scribbled = [], {}, {}
+        fractions, lost, scribbled = [], {}, Counter()
         for c in cases:
             probs = np.load(os.path.join(tmp, c + ".npz"))["probabilities"].astype(np.float32)
             scribble_img = read_image(raw / "labelsTr" / f"{c}{ending}")
             scribble = sitk.GetArrayFromImage(scribble_img)
             if probs.shape[1:] != scribble.shape:
                 raise RuntimeError(f"{c}: probabilities {probs.shape[1:]} do not match the label {scribble.shape}")
-            for k in np.unique(scribble[scribble != ignore]):
-                scribbled[int(k)] = scribbled.get(int(k), 0) + 1
+            scribbled.update(np.unique(scribble[scribble != ignore]).tolist())
             expanded = expand_scribbles(probs, ignore, tau, lcc)
             if merge_scribbles:
                 expanded[scribble != ignore] = scribble[scribble != ignore]
