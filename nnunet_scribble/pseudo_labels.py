@@ -146,19 +146,20 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
                                      overwrite=True, num_processes_preprocessing=1,
                                      num_processes_segmentation_export=1)
         fractions, lost, scribbled = [], {}, Counter()
-        for c in cases:
+        for c, case_inputs in zip(cases, inputs):
             probs = np.load(os.path.join(tmp, c + ".npz"))["probabilities"].astype(np.float32)
             scribble_img = read_image(raw / "labelsTr" / f"{c}{ending}")
             scribble = sitk.GetArrayFromImage(scribble_img)
             if probs.shape[1:] != scribble.shape:
                 raise RuntimeError(f"{c}: probabilities {probs.shape[1:]} do not match the label {scribble.shape}")
-            scribbled.update(np.unique(scribble[scribble != ignore]).tolist())
+            annotated = scribble != ignore
+            scribbled.update(np.unique(scribble[annotated]).tolist())
             expanded = expand_scribbles(probs, ignore, tau, lcc)
             if merge_scribbles:
-                expanded[scribble != ignore] = scribble[scribble != ignore]
+                expanded[annotated] = scribble[annotated]
             for k in restore_lost_classes(expanded, scribble, ignore):
                 lost.setdefault(k, []).append(c)
-            if (expanded != ignore).sum() < (scribble != ignore).sum():
+            if (expanded != ignore).sum() < annotated.sum():
                 # an "expansion" smaller than the scribbles (e.g. only confident background in the zero border,
                 # which nnU-Net's cropping then discards) would leave the case without annotation
                 print(f"WARNING: {c}: fewer confident voxels at tau={tau} than scribbled ones; keeping its "
@@ -167,7 +168,7 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
             fractions.append(float((expanded != ignore).mean()))
             label_img = sitk.GetImageFromArray(expanded.astype(scribble.dtype))
             label_img.CopyInformation(scribble_img)
-            images = [read_image(p) for p in inputs[cases.index(c)]]
+            images = [read_image(p) for p in case_inputs]
             dense_file = raw / "labelsTr_dense" / f"{c}{ending}"
             writer.add_training_case(c, images, label_img, read_image(dense_file) if dense_file.is_file() else None)
         report_lost_classes(lost, scribbled, dataset_json["labels"], tau)
