@@ -42,6 +42,8 @@ sys.path.insert(0, str(REPO))
 PROFILES = {
     "cpu": {"budget": "cpu", "preset": "cpu"},
     "gpu": {"budget": "gpu", "preset": None},
+    # nnU-Net's default plans, 1000 iterations: what fits one 15-minute GPU lease (benchmarks/gpu_acdc.sh)
+    "gpu1k": {"budget": "gpu1k", "preset": None},
     "tiny": {"budget": "tiny", "preset": "tiny"},
     "tinylowres": {"budget": "tiny", "preset": "tinylowres"},
     "cpulowres": {"budget": "cpulong", "preset": "cpulowres"},

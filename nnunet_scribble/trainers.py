@@ -364,6 +364,7 @@ BUDGETS = {
     "cpulong": (100, 40, 5),  # CPU benchmark profile for large images (BTCV; benchmarks/)
     "cpu3k": (120, 25, 5),    # CPU benchmark profile, 3x longer (ACDC budget study; benchmarks/)
     "gpu": (250, 250, 50),    # GPU benchmark profile (benchmarks/)
+    "gpu1k": (10, 100, 10),   # GPU profile within one 15-minute device lease (benchmarks/gpu_acdc.sh)
 }
 
 BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePreserveDS, nnUNetTrainerScribble_pLDice,
@@ -388,6 +389,9 @@ class TrainingBudget:
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.BUDGET
+        # nnU-Net writes checkpoint_latest every 50 epochs: with these shorter runs, every tenth of the run
+        # (a stopped run resumes with --c, or predicts with -chk checkpoint_latest.pth, from at most 10% back)
+        self.save_every = max(1, min(self.save_every, self.num_epochs // 10))
         seed = os.environ.get("NNUNET_SCRIBBLE_SEED")
         if seed is not None:
             random.seed(int(seed))

@@ -165,3 +165,42 @@ def test_timing_refuses_arms_without_the_reference(tmp_path, capsys):
     with pytest.raises(SystemExit):
         timing.main(["--work", str(tmp_path), "--arms", "DMSPS", "--out", str(tmp_path / "t.md")])
     assert "--arms must include pL" in capsys.readouterr().err
+
+
+def test_pack_raw_round_trip_is_exact(tmp_path):
+    # pack -> unpack gives back every image's voxels, dtype and geometry exactly and every other file byte for
+    # byte: a table of few values (uint8 index), more than 256 (uint16), more than 65536 (kept as is)
+    import SimpleITK as sitk
+    import pack_raw
+
+    raw = tmp_path / "Dataset999_X"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    (raw / "dataset.json").write_text('{"labels": {"background": 0}}\n')
+    rng = np.random.default_rng(0)
+    arrays = {"few": (rng.integers(0, 200, (3, 20, 30)) / 199).astype(np.float32),
+              "many": (rng.integers(0, 3000, (3, 20, 30)) / 2999).astype(np.float32),
+              "all": rng.random((4, 150, 120)).astype(np.float32)}
+    for i, (name, a) in enumerate(arrays.items()):
+        img = sitk.GetImageFromArray(a)
+        img.SetSpacing((1.5625 + i, 1.25, 10.0))
+        img.SetOrigin((-3.0, 7.5, i * 2.0))
+        img.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+        sitk.WriteImage(img, str(raw / "imagesTr" / f"{name}_0000.nii.gz"), True)
+        (raw / "labelsTr" / f"{name}.nii.gz").write_bytes(bytes(range(i, 256)))
+    parts = pack_raw.pack(raw, tmp_path / "pack", parts=2)
+    assert len(parts) == 2 and all(p.stat().st_size > 0 for p in parts)
+    back = pack_raw.unpack(parts, tmp_path / "back" / raw.name)
+    files = sorted(p.relative_to(raw) for p in raw.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(back) for p in back.rglob("*") if p.is_file())
+    for rel in files:
+        if rel.parts[0] == "imagesTr":
+            a, b = sitk.ReadImage(str(raw / rel)), sitk.ReadImage(str(back / rel))
+            assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+            assert (a.GetPixelID(), a.GetSpacing(), a.GetOrigin(), a.GetDirection()) == \
+                (b.GetPixelID(), b.GetSpacing(), b.GetOrigin(), b.GetDirection())
+        else:
+            assert (raw / rel).read_bytes() == (back / rel).read_bytes()
+    with pytest.raises(SystemExit, match="exists"):
+        pack_raw.unpack(parts, back)
+    assert not (tmp_path / "back" / (raw.name + ".partial")).exists()

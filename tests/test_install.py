@@ -60,3 +60,23 @@ def test_budget_variants_exist_for_every_trainer():
         for budget, values in trainers.BUDGETS.items():
             cls = getattr(trainers, f"{base.__name__}_{budget}")
             assert issubclass(cls, base) and cls.BUDGET == values
+
+
+def test_budget_variants_set_run_length_and_checkpoint_interval(tmp_path, monkeypatch):
+    # nnU-Net writes checkpoint_latest every 50 epochs; the budget variants every tenth of their run, so that
+    # a stopped run resumes (--c) or predicts (-chk checkpoint_latest.pth) from at most 10 % back
+    import torch
+    from test_networks import small_plans
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    dataset_json = {"labels": {"background": 0, "a": 1, "b": 2, "ignore": 3}, "channel_names": {"0": "x"},
+                    "numTraining": 2, "file_ending": ".nii.gz"}
+    expected = {"tiny": 1, "demo": 1, "cpu": 4, "cpulong": 10, "cpu3k": 12, "gpu": 25, "gpu1k": 1}
+    assert set(expected) == set(trainers.BUDGETS)
+    for budget, every in expected.items():
+        for name in (f"nnUNetTrainer_{budget}", f"nnUNetTrainerDMSPS_pLDice_{budget}"):
+            plans = small_plans()
+            plans["continue_training"] = False   # nnU-Net 2.8.1 pops this key in __init__
+            t = getattr(trainers, name)(plans, "2d_tiny", 0, dataset_json, torch.device("cpu"))
+            assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch) == trainers.BUDGETS[budget]
+            assert t.save_every == every, (name, t.save_every)

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# ACDC GPU profile inside one short device lease: nnU-Net's DEFAULT 2d plans, the real expert scribbles, the
+# same training cases, fold-0 split and test patients (021-040) as the CPU benchmark, the `gpu1k` budget
+# (10 epochs x 100 iterations; the full `gpu` profile's 62 500 iterations take hours), arms trained at the same
+# time on the one GPU, then predicted, evaluated (raw and largest-component) and timed one at a time.
+#
+# Prepare here (the GPU machine reaches nothing; a call carries at most 64 MiB):
+#   python benchmarks/pack_raw.py pack <work>/nnUNet_raw/Dataset700_ACDCScribble .gpudata --parts 3
+#   cp <work>/nnUNet_preprocessed/Dataset700_ACDCScribble/{nnUNetPlans,dataset_fingerprint}.json .gpudata/
+#   (wheels of nnU-Net's dependencies that the machine lacks in .whl, as for gpu_check.sh)
+# Call 1 (carry .whl):     SETUP=1 WHEELS=.whl bash benchmarks/gpu_acdc.sh     (installs, nothing else)
+# Call 2 (carry .gpudata): OUT=$OUT DEADLINE=560 bash benchmarks/gpu_acdc.sh
+# Knobs: ARMS (default "pL DMSPS_pLDice"; pL first: ratios and per-case comparisons are to it), BUDGET (gpu1k),
+# SEED (0), DEVICE (cuda), DEADLINE (seconds from the start after which no new stage starts; trainings are
+# stopped at DEADLINE - 150 so that prediction and evaluation still fit), STEPS (timed steps per arm, 10).
+# $OUT gets steps.log, results.md (accuracy and training time), timing_2d.md (step time and peak memory of each
+# arm alone on the GPU, ratio to pL) and logs.tgz (every log, summary.json per arm, nnU-Net's training logs).
+set -u
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+export PYTHONUNBUFFERED=1 nnUNet_compile=f
+T0=$(date +%s)
+if [ "${SETUP:-0}" = 1 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir $(ls "$WHEELS"/*.whl) || exit 1
+  SITE=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  for t in "$WHEELS"/*-site.tar.xz; do [ -e "$t" ] && tar -xJf "$t" -C "$SITE"; done
+  python3 -m pip install -q --no-deps --no-build-isolation --no-compile . || exit 1
+  python3 -c "import torch, nnunetv2, SimpleITK, nnunet_scribble; print('installed', torch.__version__, torch.cuda.is_available())"
+  echo "setup $(( $(date +%s) - T0 ))s"
+  exit 0
+fi
+OUT=${OUT:-gpu_acdc_out}
+PACK=${PACK:-.gpudata}
+ARMS=${ARMS:-"pL DMSPS_pLDice"}
+BUDGET=${BUDGET:-gpu1k}
+SEED=${SEED:-0}
+DEVICE=${DEVICE:-cuda}
+DEADLINE=${DEADLINE:-560}
+STEPS=${STEPS:-10}
+CONFIG=2d
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+W=$(mktemp -d)
+L=$W/logs
+mkdir -p "$L"
+export nnUNet_raw=$W/nnUNet_raw nnUNet_preprocessed=$W/nnUNet_preprocessed nnUNet_results=$W/nnUNet_results
+log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/steps.log"; }
+left() { echo $(( DEADLINE - $(date +%s) + T0 )); }
+pack_logs() { tar -czf "$OUT/logs.tgz" -C "$W" logs; }
+trainer() { python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from run_benchmark import ARMS; print(ARMS['$1'][0])"; }
+n_arms=$(echo $ARMS | wc -w)
+NDA=${NDA:-$(( ($(nproc) - 2) / n_arms ))}
+{ nvidia-smi 2>&1 || true; nproc; } > "$L/env.txt"
+
+log "unpack $PACK"
+python3 benchmarks/pack_raw.py unpack "$PACK"/part*.npz.xz "$nnUNet_raw/Dataset700_ACDCScribble" > "$L/unpack.log" 2>&1 \
+  || { log "unpack failed: $(tail -n 3 "$L/unpack.log")"; pack_logs; exit 1; }
+P=$nnUNet_preprocessed/Dataset700_ACDCScribble
+mkdir -p "$P"
+cp "$PACK/nnUNetPlans.json" "$PACK/dataset_fingerprint.json" "$P/"
+cp "$nnUNet_raw/Dataset700_ACDCScribble/splits_final.json" "$nnUNet_raw/Dataset700_ACDCScribble/dataset.json" "$P/"
+log "nnUNetv2_preprocess 2d (the plans of the CPU benchmark's work folder; its 2d configuration is nnU-Net's default)"
+nnUNetv2_preprocess -d 700 -c "$CONFIG" -np "$(nproc)" > "$L/preprocess.log" 2>&1 \
+  || { log "preprocess failed: $(tail -n 3 "$L/preprocess.log")"; pack_logs; exit 1; }
+
+stop=$(( $(left) - 150 ))
+[ "$stop" -lt 30 ] && { log "no time left to train"; pack_logs; exit 1; }
+log "train $ARMS at the same time ($NDA augmentation workers each, seed $SEED, budget $BUDGET, stopped after ${stop}s)"
+( nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader -l 5 > "$L/nvidia_smi.csv" 2>&1 & 
+  echo $! > "$W/smi.pid" )
+for arm in $ARMS; do
+  tr=$(trainer "$arm")_$BUDGET
+  ( s=$(date +%s)
+    NNUNET_SCRIBBLE_SEED=$SEED nnUNet_n_proc_DA=$NDA timeout "$stop" nnUNetv2_train 700 "$CONFIG" 0 -tr "$tr" \
+      -device "$DEVICE" > "$L/train_$arm.log" 2>&1
+    echo "train $arm rc=$? $(( $(date +%s) - s ))s" >> "$L/status.txt" ) &
+done
+wait
+kill "$(cat "$W/smi.pid")" 2>/dev/null
+log "$(tr '\n' ';' < "$L/status.txt")"
+pack_logs
+
+for arm in $ARMS; do
+  tr=$(trainer "$arm")_$BUDGET
+  [ "$(left)" -lt 20 ] && { log "predict $arm not started: DEADLINE"; continue; }
+  fold=$nnUNet_results/Dataset700_ACDCScribble/${tr}__nnUNetPlans__$CONFIG/fold_0
+  chk=checkpoint_final.pth   # a training stopped at its time limit: its last epoch's checkpoint, said in the log
+  [ -e "$fold/$chk" ] || chk=checkpoint_latest.pth
+  [ -e "$fold/$chk" ] || { log "predict $arm: no checkpoint"; continue; }
+  s=$(date +%s)
+  timeout "$(left)" nnUNetv2_predict -i "$nnUNet_raw/Dataset700_ACDCScribble/imagesTs" -o "$W/predictions/$arm" \
+    -d 700 -c "$CONFIG" -f 0 -tr "$tr" -device "$DEVICE" -npp 3 -nps 3 -chk "$chk" > "$L/predict_$arm.log" 2>&1
+  log "predict $arm ($chk) rc=$? $(( $(date +%s) - s ))s"
+done
+
+log "evaluate"
+timeout 150 python3 benchmarks/gpu_summary.py "$W" "$ARMS" "$BUDGET" "$OUT/results.md" > "$L/evaluate.log" 2>&1
+log "evaluate rc=$?: $(tail -n 6 "$L/evaluate.log" | tr '\n' ' ')"
+pack_logs
+
+t=$(( $(left) - 5 ))
+if [ "$t" -ge 60 ]; then
+  log "timing (${t}s left)"
+  timeout "$t" python3 benchmarks/timing.py --work "$W" --dataset-id 700 --config "$CONFIG" --budget "$BUDGET" \
+    --arms $ARMS --steps "$STEPS" --device "$DEVICE" --n-proc-da 4 --predict-cases 0 --out "$OUT/timing_2d.md" \
+    > "$L/timing.log" 2>&1
+  log "timing rc=$?"
+  mv "$OUT/timing_2d.json" "$L/" 2>/dev/null
+else
+  log "timing not started: DEADLINE"
+fi
+pack_logs
+log "done"
