@@ -12,7 +12,8 @@
 # Call 2 (carry .gpudata): OUT=$OUT DEADLINE=560 bash benchmarks/gpu_acdc.sh
 # Knobs: ARMS (default "pL DMSPS_pLDice"; pL first: ratios and per-case comparisons are to it), BUDGET (gpu1k),
 # SEED (0), DEVICE (cuda), DEADLINE (seconds from the start after which no new stage starts; trainings are
-# stopped at DEADLINE - 150 so that prediction and evaluation still fit), STEPS (timed steps per arm, 10).
+# stopped at DEADLINE - 150 so that prediction and evaluation still fit), STEPS (timed steps per arm, 10),
+# KEEP_WORK=1 keeps the temporary work folder (data, checkpoints, predictions; removed at the end otherwise).
 # $OUT gets steps.log, results.md (accuracy and training time), timing_2d.md (step time and peak memory of each
 # arm alone on the GPU, ratio to pL) and logs.tgz (every log, summary.json per arm, nnU-Net's training logs).
 set -u
@@ -41,6 +42,7 @@ CONFIG=2d
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 W=$(mktemp -d)
+[ "${KEEP_WORK:-0}" = 1 ] || trap 'rm -rf "$W"' EXIT   # everything worth keeping is under $OUT
 L=$W/logs
 mkdir -p "$L"
 export nnUNet_raw=$W/nnUNet_raw nnUNet_preprocessed=$W/nnUNet_preprocessed nnUNet_results=$W/nnUNet_results
