@@ -12,6 +12,8 @@ Every arm trains on the same scribbles, fold, plans configuration and budget (pr
   fewer (``<config>_cpulowres``, preprocessed once with ``nnUNetv2_preprocess``) and the longer ``_cpulong``
   budget; ``cpulowres1k``: the same plans with the ``cpu`` budget (1000 iterations; BTCV ``--config 3d_fullres``);
 * ``cpu3k``: the ``cpu`` plans with the ``_cpu3k`` budget (3000 iterations; ACDC budget study);
+* ``gpu1k``: nnU-Net's default plans with the ``_gpu1k`` budget (1000 iterations; what one 15-minute GPU lease
+  holds: ``benchmarks/gpu_acdc.sh`` runs it there, arms side by side on the one GPU);
 * ``tiny``, ``tinylowres``: plumbing tests only (``tests/test_benchmark.py``).
 
 Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling), ``pL`` (nnU-Net default
@@ -238,7 +240,8 @@ class Benchmark:
         if (fold_dir / "checkpoint_latest.pth").exists() or (fold_dir / "checkpoint_final.pth").exists():
             cmd.append("--c")
         log(f"train {arm} (seed {seed}): {self.trainer(arm)} on {self.dataset_name(kind)} {self.config}")
-        return self.run(cmd, {"nnUNet_results": str(self.results_root(seed)), "nnUNet_n_proc_DA": "0",
+        return self.run(cmd, {"nnUNet_results": str(self.results_root(seed)),
+                              "nnUNet_n_proc_DA": str(self.args.n_proc_da),
                               "NNUNET_SCRIBBLE_SEED": str(seed)}, measure=True)
 
     def reuse_weights(self, arm: str, seed: int) -> None:
@@ -573,6 +576,9 @@ def parse_args(argv=None):
     p.add_argument("--seed-arms", nargs="+", default=["pL"], choices=sorted(ARMS),
                    help="arms repeated with every extra seed")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--n-proc-da", type=int, default=0,
+                   help="nnU-Net's augmentation workers per training (0: in the seeded main process, reproducible; "
+                        "on a GPU use several: the workers are not seeded)")
     p.add_argument("--no-lcc", dest="no_lcc", action="store_true",
                    help="skip the largest-component post-processed evaluation (reported next to the raw one)")
     args = p.parse_args(argv)

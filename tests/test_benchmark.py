@@ -204,3 +204,19 @@ def test_pack_raw_round_trip_is_exact(tmp_path):
     with pytest.raises(SystemExit, match="exists"):
         pack_raw.unpack(parts, back)
     assert not (tmp_path / "back" / (raw.name + ".partial")).exists()
+
+
+def test_training_gets_the_augmentation_worker_count(tmp_path):
+    # --n-proc-da reaches nnUNetv2_train as nnUNet_n_proc_DA (default 0: augmentation in the seeded process)
+    import run_benchmark
+    for extra, expected in (([], "0"), (["--n-proc-da", "7"], "7")):
+        work = tmp_path / f"w{expected}"
+        (work / "nnUNet_raw" / "Dataset700_X").mkdir(parents=True)
+        bench = run_benchmark.Benchmark(run_benchmark.parse_args(
+            ["--dataset", "acdc", "--work", str(work), "--profile", "gpu1k", "--device", "cuda", *extra]))
+        calls = []
+        bench.run = lambda cmd, env=None, measure=False: calls.append((cmd, env)) or {}
+        bench.train("DMSPS_pLDice", 1)
+        (cmd, env), = calls
+        assert [str(c) for c in cmd[1:]] == ["700", "2d", "0", "-tr", "nnUNetTrainerDMSPS_pLDice_gpu1k", "-device", "cuda"]
+        assert env["nnUNet_n_proc_DA"] == expected and env["NNUNET_SCRIBBLE_SEED"] == "1"
