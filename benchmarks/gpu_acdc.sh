@@ -12,7 +12,8 @@
 # Call 2 (carry .gpudata): OUT=$OUT DEADLINE=560 bash benchmarks/gpu_acdc.sh
 # Knobs: ARMS (default "pL DMSPS_pLDice"; pL first: ratios and per-case comparisons are to it), BUDGET (gpu1k),
 # SEED (0), DEVICE (cuda), DEADLINE (seconds from the start after which no new stage starts; trainings are
-# stopped at DEADLINE - 150 so that prediction and evaluation still fit), STEPS (timed steps per arm, 10),
+# stopped at DEADLINE - 150 so that prediction and evaluation still fit; evaluation may run to DEADLINE + 30),
+# STEPS (timed steps per arm, 10),
 # KEEP_WORK=1 keeps the temporary work folder (data, checkpoints, predictions; removed at the end otherwise).
 # $OUT gets steps.log, results.md (accuracy and training time), timing_2d.md (step time and peak memory of each
 # arm alone on the GPU, ratio to pL) and logs.tgz (every log, summary.json per arm, nnU-Net's training logs).
@@ -52,7 +53,11 @@ pack_logs() { tar -czf "$OUT/logs.tgz" -C "$W" logs; }
 trainer() { python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from run_benchmark import ARMS; print(ARMS['$1'][0])"; }
 n_arms=$(echo $ARMS | wc -w)
 NDA=${NDA:-$(( ($(nproc) - 2) / n_arms ))}
-{ nvidia-smi 2>&1 || true; nproc; } > "$L/env.txt"
+for arm in $ARMS; do
+  trainer "$arm" > /dev/null 2>&1 || { log "unknown arm $arm (benchmarks/run_benchmark.py ARMS)"; exit 2; }
+done
+{ nvidia-smi 2>&1 || true; nproc; python3 -c "import sys, torch, nnunetv2, importlib.metadata as m
+print(sys.version.split()[0], 'torch', torch.__version__, 'nnunetv2', m.version('nnunetv2'))" 2>&1; } > "$L/env.txt"
 
 log "unpack $PACK"
 python3 benchmarks/pack_raw.py unpack "$PACK"/part*.npz.xz "$nnUNet_raw/Dataset700_ACDCScribble" > "$L/unpack.log" 2>&1 \
@@ -73,7 +78,7 @@ log "train $ARMS at the same time ($NDA augmentation workers each, seed $SEED, b
 for arm in $ARMS; do
   tr=$(trainer "$arm")_$BUDGET
   ( s=$(date +%s)
-    NNUNET_SCRIBBLE_SEED=$SEED nnUNet_n_proc_DA=$NDA timeout "$stop" nnUNetv2_train 700 "$CONFIG" 0 -tr "$tr" \
+    NNUNET_SCRIBBLE_SEED=$SEED nnUNet_n_proc_DA=$NDA timeout -k 15 "$stop" nnUNetv2_train 700 "$CONFIG" 0 -tr "$tr" \
       -device "$DEVICE" > "$L/train_$arm.log" 2>&1
     echo "train $arm rc=$? $(( $(date +%s) - s ))s" >> "$L/status.txt" ) &
 done
@@ -90,20 +95,23 @@ for arm in $ARMS; do
   [ -e "$fold/$chk" ] || chk=checkpoint_latest.pth
   [ -e "$fold/$chk" ] || { log "predict $arm: no checkpoint"; continue; }
   s=$(date +%s)
-  timeout "$(left)" nnUNetv2_predict -i "$nnUNet_raw/Dataset700_ACDCScribble/imagesTs" -o "$W/predictions/$arm" \
+  timeout -k 10 "$(left)" nnUNetv2_predict -i "$nnUNet_raw/Dataset700_ACDCScribble/imagesTs" -o "$W/predictions/$arm" \
     -d 700 -c "$CONFIG" -f 0 -tr "$tr" -device "$DEVICE" -npp 3 -nps 3 -chk "$chk" > "$L/predict_$arm.log" 2>&1
   log "predict $arm ($chk) rc=$? $(( $(date +%s) - s ))s"
 done
 
-log "evaluate"
-timeout 150 python3 benchmarks/gpu_summary.py "$W" "$ARMS" "$BUDGET" "$OUT/results.md" > "$L/evaluate.log" 2>&1
+t=$(( $(left) + 30 ))   # evaluation gets DEADLINE + 30 s at most (the call's limit must leave that)
+[ "$t" -gt 150 ] && t=150
+[ "$t" -lt 20 ] && t=20   # (timeout 0 would mean no limit)
+log "evaluate (${t}s at most)"
+timeout -k 10 "$t" python3 benchmarks/gpu_summary.py "$W" "$ARMS" "$BUDGET" "$OUT/results.md" > "$L/evaluate.log" 2>&1
 log "evaluate rc=$?: $(tail -n 6 "$L/evaluate.log" | tr '\n' ' ')"
 pack_logs
 
 t=$(( $(left) - 5 ))
 if [ "$t" -ge 60 ]; then
   log "timing (${t}s left)"
-  timeout "$t" python3 benchmarks/timing.py --work "$W" --dataset-id 700 --config "$CONFIG" --budget "$BUDGET" \
+  timeout -k 10 "$t" python3 benchmarks/timing.py --work "$W" --dataset-id 700 --config "$CONFIG" --budget "$BUDGET" \
     --arms $ARMS --steps "$STEPS" --device "$DEVICE" --n-proc-da 4 --predict-cases 0 --out "$OUT/timing_2d.md" \
     > "$L/timing.log" 2>&1
   log "timing rc=$?"

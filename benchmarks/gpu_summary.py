@@ -12,6 +12,7 @@ cost ratios: ``timing.py`` measures those, one arm at a time).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
         if len(list(pred.glob("*.nii.gz"))) != n_test:
             print(f"{arm}: predictions incomplete, not evaluated", flush=True)
             continue
+        shutil.rmtree(work / "predictions" / f"{arm}_lcc", ignore_errors=True)   # a rerun redoes it
         apply_lcc_to_folder(pred, work / "predictions" / f"{arm}_lcc", num_processes=8)
         r = {}
         for suffix in ("", "_lcc"):

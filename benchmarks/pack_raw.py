@@ -11,7 +11,8 @@ more than 65536 values), with its spacing, origin and direction; every other fil
 byte for byte. The entries are spread over ``--parts`` xz-compressed files of similar size (one per device
 call where one call cannot carry them all). ``unpack`` writes the folder back: the images as .nii.gz with
 exactly the original voxel values and geometry, the other files unchanged. It refuses to write into an
-existing folder and writes through a temporary folder, so an interrupted unpack leaves nothing half-written.
+existing folder and writes through a temporary folder, so a failed unpack leaves nothing half-written. The
+voxel values, dtype, spacing, origin and direction are kept; other NIfTI header fields of the images are not.
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def _encode_image(path: Path) -> dict:
 
 def pack(raw: Path, out: Path, parts: int = 1) -> List[Path]:
     raw, out = Path(raw), Path(out)
+    if parts < 1:
+        raise SystemExit(f"--parts must be at least 1, not {parts}")
     if not (raw / "dataset.json").is_file():
         raise SystemExit(f"{raw} is not an nnU-Net raw dataset folder (no dataset.json)")
     files = sorted(p for p in raw.rglob("*") if p.is_file())
@@ -62,6 +65,8 @@ def pack(raw: Path, out: Path, parts: int = 1) -> List[Path]:
         groups[k].append(entry)
         sizes[k] += entry[2]
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("part*.npz.xz"):   # an earlier pack's parts would be unpacked with these
+        stale.unlink()
     written = []
     for k, group in enumerate(groups):
         arrays = {"names": np.array(json.dumps([{"path": rel, "kind": sorted(a)} for rel, a, _ in group]))}
@@ -83,26 +88,42 @@ def unpack(parts: Sequence[Path], raw: Path) -> Path:
     raw = Path(raw)
     if raw.exists():
         raise SystemExit(f"{raw} exists: unpack writes a new folder")
+    if not parts:
+        raise SystemExit("no part files given")
     tmp = raw.with_name(raw.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    for part in parts:
-        with np.load(io.BytesIO(lzma.decompress(Path(part).read_bytes())), allow_pickle=False) as data:
-            for i, entry in enumerate(json.loads(str(data["names"]))):
-                target = tmp / entry["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if entry["kind"] == ["bytes"]:
-                    target.write_bytes(data[f"{i}_bytes"].tobytes())
-                    continue
-                array = data[f"{i}_array"] if "array" in entry["kind"] else data[f"{i}_table"][data[f"{i}_index"]]
-                geometry = data[f"{i}_geometry"]
-                image = sitk.GetImageFromArray(array)
-                d = array.ndim
-                image.SetSpacing(geometry[:d].tolist())
-                image.SetOrigin(geometry[d:2 * d].tolist())
-                image.SetDirection(geometry[2 * d:].tolist())
-                sitk.WriteImage(image, str(target), True)
+    seen = set()
+    try:
+        tmp.mkdir(parents=True)
+        for part in parts:
+            with np.load(io.BytesIO(lzma.decompress(Path(part).read_bytes())), allow_pickle=False) as data:
+                for i, entry in enumerate(json.loads(str(data["names"]))):
+                    if entry["path"] in seen:
+                        raise SystemExit(f"{entry['path']} is in more than one part: parts of different packs?")
+                    seen.add(entry["path"])
+                    _write_entry(data, i, entry["kind"], tmp / entry["path"], sitk)
+        if not (tmp / "dataset.json").is_file():
+            raise SystemExit("the parts hold no dataset.json: not every part of the pack was given")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)   # nothing half-written is left behind
+        raise
     os.replace(tmp, raw)
     return raw
+
+
+def _write_entry(data, i: int, kind: list, target: Path, sitk) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if kind == ["bytes"]:
+        target.write_bytes(data[f"{i}_bytes"].tobytes())
+        return
+    array = data[f"{i}_array"] if "array" in kind else data[f"{i}_table"][data[f"{i}_index"]]
+    geometry = data[f"{i}_geometry"]
+    image = sitk.GetImageFromArray(array)
+    d = array.ndim
+    image.SetSpacing(geometry[:d].tolist())
+    image.SetOrigin(geometry[d:2 * d].tolist())
+    image.SetDirection(geometry[2 * d:].tolist())
+    sitk.WriteImage(image, str(target), True)
 
 
 def main(argv=None) -> int:

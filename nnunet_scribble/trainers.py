@@ -389,8 +389,8 @@ class TrainingBudget:
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.BUDGET
-        # nnU-Net writes checkpoint_latest every 50 epochs: with these shorter runs, every tenth of the run
-        # (a stopped run resumes with --c, or predicts with -chk checkpoint_latest.pth, from at most 10% back)
+        # nnU-Net writes checkpoint_latest every 50 epochs: with these shorter runs, every tenth of the run and
+        # at least every epoch (a stopped run resumes with --c, or predicts with -chk checkpoint_latest.pth)
         self.save_every = max(1, min(self.save_every, self.num_epochs // 10))
         seed = os.environ.get("NNUNET_SCRIBBLE_SEED")
         if seed is not None:

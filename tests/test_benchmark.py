@@ -170,6 +170,9 @@ def test_timing_refuses_arms_without_the_reference(tmp_path, capsys):
 def test_pack_raw_round_trip_is_exact(tmp_path):
     # pack -> unpack gives back every image's voxels, dtype and geometry exactly and every other file byte for
     # byte: a table of few values (uint8 index), more than 256 (uint16), more than 65536 (kept as is)
+    import io
+    import lzma
+
     import SimpleITK as sitk
     import pack_raw
 
@@ -203,7 +206,21 @@ def test_pack_raw_round_trip_is_exact(tmp_path):
             assert (raw / rel).read_bytes() == (back / rel).read_bytes()
     with pytest.raises(SystemExit, match="exists"):
         pack_raw.unpack(parts, back)
-    assert not (tmp_path / "back" / (raw.name + ".partial")).exists()
+    # a missing part (no dataset.json), a part given twice, a damaged part: refused, nothing left behind
+    target = tmp_path / "again" / raw.name
+    def names(part):
+        return str(np.load(io.BytesIO(lzma.decompress(part.read_bytes())))["names"])
+    dataset_part = next(p for p in parts if "dataset.json" in names(p))
+    damaged = tmp_path / "damaged.npz.xz"
+    damaged.write_bytes(parts[0].read_bytes()[:-100])
+    for bad, message in (([p for p in parts if p != dataset_part], "dataset.json"),
+                         (parts + parts[:1], "more than one"), ([damaged], None)):
+        with pytest.raises((SystemExit, Exception), match=message):
+            pack_raw.unpack(bad, target)
+        assert not (tmp_path / "again").exists() or not any((tmp_path / "again").iterdir())
+    # packing again with fewer parts removes the earlier pack's extra parts
+    assert [p.name for p in pack_raw.pack(raw, tmp_path / "pack", parts=1)] == ["part0.npz.xz"]
+    assert sorted(p.name for p in (tmp_path / "pack").iterdir()) == ["part0.npz.xz"]
 
 
 def test_training_gets_the_augmentation_worker_count(tmp_path):
@@ -218,5 +235,6 @@ def test_training_gets_the_augmentation_worker_count(tmp_path):
         bench.run = lambda cmd, env=None, measure=False: calls.append((cmd, env)) or {}
         bench.train("DMSPS_pLDice", 1)
         (cmd, env), = calls
-        assert [str(c) for c in cmd[1:]] == ["700", "2d", "0", "-tr", "nnUNetTrainerDMSPS_pLDice_gpu1k", "-device", "cuda"]
+        assert [str(c) for c in cmd[1:]] == ["700", "2d", "0", "-tr", "nnUNetTrainerDMSPS_pLDice_gpu1k",
+                                             "-device", "cuda"]
         assert env["nnUNet_n_proc_DA"] == expected and env["NNUNET_SCRIBBLE_SEED"] == "1"

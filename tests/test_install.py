@@ -63,8 +63,8 @@ def test_budget_variants_exist_for_every_trainer():
 
 
 def test_budget_variants_set_run_length_and_checkpoint_interval(tmp_path, monkeypatch):
-    # nnU-Net writes checkpoint_latest every 50 epochs; the budget variants every tenth of their run, so that
-    # a stopped run resumes (--c) or predicts (-chk checkpoint_latest.pth) from at most 10 % back
+    # nnU-Net writes checkpoint_latest every 50 epochs; the budget variants every tenth of their run (at least
+    # every epoch), so that a stopped run resumes (--c) or predicts (-chk checkpoint_latest.pth) from near its end
     import torch
     from test_networks import small_plans
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
