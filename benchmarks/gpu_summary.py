@@ -32,7 +32,7 @@ def main(argv=None) -> int:
 
     from nnunet_scribble.evaluation import evaluate_folder
     from nnunet_scribble.postprocessing import apply_lcc_to_folder
-    from run_benchmark import ARMS
+    from run_benchmark import ARMS, median_epoch_seconds
 
     work, arms, budget, out = argv or sys.argv[1:]
     work, arms, out = Path(work), arms.split(), Path(out)
@@ -56,9 +56,8 @@ def main(argv=None) -> int:
         ckpt_file = fold / "checkpoint_final.pth"
         ckpt_file = ckpt_file if ckpt_file.exists() else fold / "checkpoint_latest.pth"
         logging = torch.load(ckpt_file, map_location="cpu", weights_only=False)["logging"]
-        durations = np.subtract(logging["epoch_end_timestamps"], logging["epoch_start_timestamps"])
-        r["epoch_s"] = float(np.median(durations[1:] if len(durations) > 1 else durations))
-        r["epochs"] = len(durations)
+        r["epoch_s"] = median_epoch_seconds(logging)
+        r["epochs"] = len(logging["epoch_end_timestamps"])
         r["checkpoint"] = ckpt_file.name
         res[arm] = r
     lines = ["| arm | trainer | Dice RV / MYO / LV | mean Dice | HD95 (mm) | ASSD (mm) | better than pL (cases) | "

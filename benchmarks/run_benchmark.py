@@ -308,11 +308,11 @@ class Benchmark:
         import torch
         ckpt = torch.load(self.fold_dir(arm, seed) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         logging = ckpt["logging"]
-        durations = np.subtract(logging["epoch_end_timestamps"], logging["epoch_start_timestamps"])
+        epoch_s = median_epoch_seconds(logging)
         from nnunet_scribble.trainers import BUDGETS
         _, iters, val_iters = BUDGETS[self.profile["budget"]]
-        return {"epoch_s_median": float(np.median(durations[1:] if len(durations) > 1 else durations)),
-                "s_per_iteration": float(np.median(durations[1:] if len(durations) > 1 else durations)) / iters,
+        return {"epoch_s_median": epoch_s,
+                "s_per_iteration": epoch_s / iters,
                 "train_losses": [float(x) for x in logging["train_losses"]],
                 "ema_fg_dice": [float(x) for x in logging["ema_fg_dice"]],
                 "n_parameters": int(sum(v.numel() for k, v in ckpt["network_weights"].items()
@@ -415,6 +415,12 @@ def collect(bench: Benchmark, state: dict) -> dict:
         row["predict"] = entry.get("predict")
         rows[key] = row
     return rows
+
+
+def median_epoch_seconds(logging: dict) -> float:
+    """Median epoch time of nnU-Net's checkpoint ``logging``, without the first epoch (start-up) when there are more."""
+    durations = np.subtract(logging["epoch_end_timestamps"], logging["epoch_start_timestamps"])
+    return float(np.median(durations[1:] if len(durations) > 1 else durations))
 
 
 def _metrics(summary: dict, labels: Dict[str, str]) -> dict:
