@@ -77,6 +77,8 @@ ARMS = {
     "DMSPS_ramp": ("nnUNetTrainerDMSPS_ramp", "scribble", None),
     "DMPLS_pLDice_ramp": ("nnUNetTrainerDMPLS_pLDice_ramp", "scribble", None),
     "DMSPS_pLDice_ramp": ("nnUNetTrainerDMSPS_pLDice_ramp", "scribble", None),
+    "DMPLS_pw2": ("nnUNetTrainerDMPLS_pw2", "scribble", None),
+    "DMPLS_pw5": ("nnUNetTrainerDMPLS_pw5", "scribble", None),
 }
 DEFAULT_ARMS = ["pL", "dense", "pCE", "pLDice", "DMPLS", "DMSPS", "PSSeg", "DMSPS_stage2", "pCE_keepDS",
                 "DMPLS_avg", "DMSPS_avg", "PSSeg_avg", "DMSPS_paperCE", "DMPLS_pLDice", "DMSPS_pLDice",

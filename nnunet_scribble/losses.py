@@ -113,16 +113,23 @@ class MultiDecoderScribbleLoss(nn.Module):
     ``global_terms`` (terms over all scales at once) and ``term_weight``.
 
     ``rampup = (a, b)`` (iterations) multiplies every unsupervised term by sig(t; a, b), t = ``iteration``
-    (set by the trainer before each step); ``None`` = constant weights.
+    (set by the trainer before each step); ``None`` = constant weights. ``term_weights`` replaces the
+    method's weight of the named unsupervised terms (e.g. ``{"pseudo_dice": 2.0}``).
     """
 
     TERM_WEIGHTS: Dict[str, float] = {"pce": 1.0}
     num_decoders: int = 2
 
     def __init__(self, ignore_label: int, ds_weights: Optional[Sequence[float]] = None,
-                 supervised_loss: Optional[nn.Module] = None, rampup: Optional[Sequence[float]] = None):
+                 supervised_loss: Optional[nn.Module] = None, rampup: Optional[Sequence[float]] = None,
+                 term_weights: Optional[Dict[str, float]] = None):
         super().__init__()
         self.ignore_label = ignore_label
+        unknown = set(term_weights or {}) - (set(self.TERM_WEIGHTS) - {"pce"})
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no unsupervised term {sorted(unknown)}; "
+                             f"its terms: {sorted(set(self.TERM_WEIGHTS) - {'pce'})}")
+        self.term_weights = {**self.TERM_WEIGHTS, **{k: float(v) for k, v in (term_weights or {}).items()}}
         self.rampup = None if rampup is None else (float(rampup[0]), float(rampup[1]))
         self.ds_weights = None if ds_weights is None else tuple(float(w) for w in ds_weights)
         # supervised term per decoder: pCE (the methods) or e.g. nnU-Net's ignore-label CE + Dice ("pl")
@@ -145,7 +152,7 @@ class MultiDecoderScribbleLoss(nn.Module):
         if name in ("pce", "pl"):
             return 1.0
         ramp = 1.0 if self.rampup is None else sigmoid_rampup(self.iteration, *self.rampup)
-        return self.TERM_WEIGHTS[name] * ramp
+        return self.term_weights[name] * ramp
 
     # --- shared machinery --------------------------------------------------------------------
     def supervised(self, logits: List[torch.Tensor], target: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -207,8 +214,8 @@ class DMSPSLoss(MultiDecoderScribbleLoss):
     TERM_WEIGHTS = {"pce": 1.0, "pseudo_ce": 8.0}
 
     def __init__(self, ignore_label: int, ds_weights=None, double_softmax: bool = False, supervised_loss=None,
-                 rampup=None):
-        super().__init__(ignore_label, ds_weights, supervised_loss, rampup)
+                 rampup=None, term_weights=None):
+        super().__init__(ignore_label, ds_weights, supervised_loss, rampup, term_weights)
         self.double_softmax = double_softmax
 
     def sample_iteration(self) -> dict:
@@ -235,8 +242,10 @@ class PSSegLoss(MultiDecoderScribbleLoss):
     num_decoders = 3
     num_side_outputs = 3
 
-    def __init__(self, ignore_label: int, ds_weights=None, rampup_iterations: int = 20000, supervised_loss=None):
-        super().__init__(ignore_label, ds_weights, supervised_loss, rampup=(0, rampup_iterations))
+    def __init__(self, ignore_label: int, ds_weights=None, rampup_iterations: int = 20000, supervised_loss=None,
+                 term_weights=None):
+        super().__init__(ignore_label, ds_weights, supervised_loss, rampup=(0, rampup_iterations),
+                         term_weights=term_weights)
 
     def scale_terms(self, logits, target, params):
         probs = [torch.softmax(z, 1) for z in logits]

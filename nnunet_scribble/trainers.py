@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -177,6 +177,9 @@ class nnUNetTrainerMultiDecoder(nnUNetTrainerScribble):
     #: run: weight * sig(t; start * T, end * T) with T = epochs x iterations per epoch; None = constant
     PSEUDO_RAMPUP: Optional[Sequence[float]] = None
 
+    #: replaces the method's weights of the named unsupervised terms (e.g. ``{"pseudo_dice": 2.0}``); None = as published
+    PSEUDO_WEIGHTS: Optional[Dict[str, float]] = None
+
     def pseudo_rampup(self) -> Optional[tuple]:
         if self.PSEUDO_RAMPUP is None:
             return None
@@ -252,7 +255,7 @@ class nnUNetTrainerDMPLS(nnUNetTrainerMultiDecoder):
 
     def build_method_loss(self, ds_weights):
         return DMPLSLoss(self.label_manager.ignore_label, ds_weights, self.supervised_loss(),
-                         rampup=self.pseudo_rampup())
+                         rampup=self.pseudo_rampup(), term_weights=self.PSEUDO_WEIGHTS)
 
 
 class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
@@ -268,7 +271,8 @@ class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
 
     def build_method_loss(self, ds_weights):
         return DMSPSLoss(self.label_manager.ignore_label, ds_weights, double_softmax=self.double_softmax,
-                         supervised_loss=self.supervised_loss(), rampup=self.pseudo_rampup())
+                         supervised_loss=self.supervised_loss(), rampup=self.pseudo_rampup(),
+                         term_weights=self.PSEUDO_WEIGHTS)
 
 
 class nnUNetTrainerDMSPS_paperCE(nnUNetTrainerDMSPS):
@@ -293,7 +297,7 @@ class nnUNetTrainerPSSeg(nnUNetTrainerMultiDecoder):
     def build_method_loss(self, ds_weights):
         rampup = max(1, math.ceil(self.RAMPUP_FRACTION * self.total_iterations))
         return PSSegLoss(self.label_manager.ignore_label, ds_weights, rampup_iterations=rampup,
-                         supervised_loss=self.supervised_loss())
+                         supervised_loss=self.supervised_loss(), term_weights=self.PSEUDO_WEIGHTS)
 
 
 class nnUNetTrainerDMPLS_pLDice(nnUNetTrainerDMPLS):
@@ -342,6 +346,18 @@ class nnUNetTrainerDMSPS_pLDice_ramp(nnUNetTrainerDMSPS_pLDice):
     PSEUDO_RAMPUP = PYMIC_RAMPUP
 
 
+class nnUNetTrainerDMPLS_pw2(nnUNetTrainerDMPLS):
+    """DMPLS with the pseudo-label Dice weighted 2 (published: 0.5); a pseudo-label weight study."""
+
+    PSEUDO_WEIGHTS = {"pseudo_dice": 2.0}
+
+
+class nnUNetTrainerDMPLS_pw5(nnUNetTrainerDMPLS):
+    """DMPLS with the pseudo-label Dice weighted 5 (published: 0.5); a pseudo-label weight study."""
+
+    PSEUDO_WEIGHTS = {"pseudo_dice": 5.0}
+
+
 class nnUNetTrainerDMPLS_avg(nnUNetTrainerDMPLS):
     INFERENCE_MODE = "mean"
 
@@ -372,7 +388,7 @@ BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePres
                  nnUNetTrainerDMSPS_paperCE, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg,
                  nnUNetTrainerDMPLS_pLDice, nnUNetTrainerDMSPS_pLDice, nnUNetTrainerPSSeg_pLDice,
                  nnUNetTrainerDMPLS_ramp, nnUNetTrainerDMSPS_ramp, nnUNetTrainerDMPLS_pLDice_ramp,
-                 nnUNetTrainerDMSPS_pLDice_ramp)
+                 nnUNetTrainerDMSPS_pLDice_ramp, nnUNetTrainerDMPLS_pw2, nnUNetTrainerDMPLS_pw5)
 
 
 class TrainingBudget:

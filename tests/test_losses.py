@@ -234,3 +234,36 @@ def test_trainer_pseudo_rampup_scales_with_run_length():
     t.num_epochs, t.num_iterations_per_epoch = 2, 4
     assert t.pseudo_rampup() == pytest.approx((8 / 30, 2))
     assert object.__new__(nnUNetTrainerDMSPS_cpu).pseudo_rampup() is None
+
+
+def test_term_weights_override_only_the_named_unsupervised_term():
+    """term_weights={"pseudo_dice": 2}: same terms, total = pce + 2 * pseudo_dice (published: 0.5); PS-Seg keeps
+    the weights it is not given; an unknown or supervised term name is refused."""
+    outs, targets = _ds_outputs(2)
+    default, heavy = DMPLSLoss(3, ds_weights=(2 / 3, 1 / 3)), DMPLSLoss(3, ds_weights=(2 / 3, 1 / 3),
+                                                                         term_weights={"pseudo_dice": 2})
+    for loss in (default, heavy):
+        loss.sample_iteration = lambda: {"beta": 0.3}
+    d, h = default(outs, targets).item(), heavy(outs, targets).item()
+    assert heavy.last_terms == pytest.approx(default.last_terms, rel=1e-12)
+    t = default.last_terms
+    assert d == pytest.approx(t["pce"] + 0.5 * t["pseudo_dice"], rel=1e-10)
+    assert h == pytest.approx(t["pce"] + 2.0 * t["pseudo_dice"], rel=1e-10)
+    assert DMPLSLoss.TERM_WEIGHTS["pseudo_dice"] == 0.5  # the class default is untouched
+    ps = PSSegLoss(3, rampup_iterations=1, term_weights={"uspc": 3})
+    ps.iteration = 10 ** 6
+    assert ps.term_weight("uspc") == pytest.approx(3.0) and ps.term_weight("ccac") == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="no unsupervised term"):
+        DMSPSLoss(3, term_weights={"pseudo_dice": 1.0})
+    with pytest.raises(ValueError, match="no unsupervised term"):
+        DMPLSLoss(3, term_weights={"pce": 1.0})
+
+
+def test_dmpls_pseudo_weight_trainers_build_their_weight():
+    from types import SimpleNamespace
+    from nnunet_scribble.trainers import nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_pw2_cpu3k, nnUNetTrainerDMPLS_pw5
+    for cls, w in ((nnUNetTrainerDMPLS, 0.5), (nnUNetTrainerDMPLS_pw2_cpu3k, 2.0), (nnUNetTrainerDMPLS_pw5, 5.0)):
+        t = object.__new__(cls)
+        t.label_manager = SimpleNamespace(ignore_label=3)
+        loss = t.build_method_loss((1.0,))
+        assert isinstance(loss, DMPLSLoss) and loss.term_weight("pseudo_dice") == w and loss.term_weight("pce") == 1
