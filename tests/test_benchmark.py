@@ -238,3 +238,26 @@ def test_training_gets_the_augmentation_worker_count(tmp_path):
         assert [str(c) for c in cmd[1:]] == ["700", "2d", "0", "-tr", "nnUNetTrainerDMSPS_pLDice_gpu1k",
                                              "-device", "cuda"]
         assert env["nnUNet_n_proc_DA"] == expected and env["NNUNET_SCRIBBLE_SEED"] == "1"
+
+
+def test_validation_dice_uses_dense_labels_of_the_validation_cases_only(tmp_path):
+    """benchmarks/validation_dice.py: nnU-Net's fold_0/validation predictions against labelsTr_dense; training
+    cases without a validation prediction are left out; Dice checked by hand."""
+    import SimpleITK as sitk
+    import validation_dice
+
+    def write(a, f):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.GetImageFromArray(np.asarray(a, np.uint8)), str(f))
+
+    ref = tmp_path / "nnUNet_raw" / "Dataset9_X" / "labelsTr_dense"
+    val = tmp_path / "nnUNet_results" / "Dataset9_X" / "T__nnUNetPlans__2d" / "fold_0" / "validation"
+    r = np.zeros((1, 4, 4)); r[0, :2, :2] = 1; r[0, 2:, 2:] = 2          # 4 voxels each
+    p = np.zeros((1, 4, 4)); p[0, :2, :1] = 1; p[0, 2:, 2:] = 2; p[0, 0, 3] = 2  # class 1: 2 of 4; class 2: 4 + 1 extra
+    write(r, ref / "a.nii.gz"); write(p, val / "a.nii.gz")
+    write(np.ones((1, 4, 4)), ref / "b.nii.gz")  # a training case of another fold: no prediction
+    dice, n = validation_dice.validation_dice(tmp_path, "nnUNet_results", "Dataset9_X", "T", "2d")
+    assert n == 1
+    assert dice == pytest.approx(np.mean([2 * 2 / (2 + 4), 2 * 4 / (5 + 4)]))
+    with pytest.raises(FileNotFoundError, match="no validation predictions"):
+        validation_dice.validation_dice(tmp_path, "nnUNet_results", "Dataset9_X", "T", "3d_fullres")
