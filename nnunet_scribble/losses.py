@@ -125,10 +125,11 @@ class MultiDecoderScribbleLoss(nn.Module):
                  term_weights: Optional[Dict[str, float]] = None):
         super().__init__()
         self.ignore_label = ignore_label
-        unknown = set(term_weights or {}) - (set(self.TERM_WEIGHTS) - {"pce"})
+        unsupervised = set(self.TERM_WEIGHTS) - {"pce"}
+        unknown = set(term_weights or {}) - unsupervised
         if unknown:
             raise ValueError(f"{type(self).__name__} has no unsupervised term {sorted(unknown)}; "
-                             f"its terms: {sorted(set(self.TERM_WEIGHTS) - {'pce'})}")
+                             f"its terms: {sorted(unsupervised)}")
         self.term_weights = {**self.TERM_WEIGHTS, **{k: float(v) for k, v in (term_weights or {}).items()}}
         self.rampup = None if rampup is None else (float(rampup[0]), float(rampup[1]))
         self.ds_weights = None if ds_weights is None else tuple(float(w) for w in ds_weights)
