@@ -20,6 +20,7 @@ Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling)
 trainer on the scribbles, i.e. its ignore-label pCE + Dice: the bar), ``pCE``, ``pCE_keepDS``, ``DMPLS``,
 ``DMSPS``, ``DMSPS_stage2`` (DMSPS retrained on the dataset expanded by the DMSPS model), ``PSSeg``, and the
 ``*_avg`` arms, which reuse the trained weights of their parent arm with decoder-averaged inference.
+``--stage2-tau`` sets the entropy threshold of the stage-2 expansion (one value per work folder).
 The run resumes: finished trainings, predictions and evaluations are kept; an interrupted training
 continues from its latest checkpoint (``--c``). Results go to ``<work>/results/`` (results.json, results.md,
 PNG figures); ``benchmarks/RESULTS.md`` is written by hand from them.
@@ -106,6 +107,8 @@ class Benchmark:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         # predictions and results are named by arm and seed only: one work folder per dataset/configuration
         setup = {"dataset": args.dataset, "configuration": self.config, "fold": args.fold}
+        if args.stage2_tau is not None:   # the stage-2 dataset is expanded once per work folder
+            setup["stage2_tau"] = args.stage2_tau
         setup_file = self.work / "benchmark_setup.json"
         previous = json.loads(setup_file.read_text()) if setup_file.exists() else setup
         if previous != setup:
@@ -268,7 +271,9 @@ class Benchmark:
             log("DMSPS stage 2: expanding the scribbles with the DMSPS model")
             self.run([sys.executable, "-m", "nnunet_scribble", "dmsps-expand", "-d", self.ids["scribble"], "-o",
                       self.ids["stage2"], "-c", self.config, "-f", self.args.fold, "-tr", self.trainer("DMSPS"),
-                      "-device", self.device], {"nnUNet_results": str(self.results_root(seed))})
+                      "-device", self.device]
+                     + ([] if self.args.stage2_tau is None else ["--tau", self.args.stage2_tau]),
+                     {"nnUNet_results": str(self.results_root(seed))})
         self.plan("stage2")
 
     def predict(self, arm: str, seed: int) -> dict:
@@ -579,6 +584,9 @@ def parse_args(argv=None):
     p.add_argument("--every-nth", type=int, default=None, help="BTCV: scribbles on every N-th slice only")
     p.add_argument("--id", type=int, default=700, help="dataset id of the scribble dataset (+1 dense twin, +2 stage 2)")
     p.add_argument("--fold", default="0")
+    p.add_argument("--stage2-tau", type=float, default=None,
+                   help="entropy threshold of the DMSPS stage-2 expansion (default: dmsps-expand's, 0.1 for 2d, "
+                        "0.3 for 3d); a work folder holds one stage-2 dataset, so another value needs another --work")
     p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--seed-arms", nargs="+", default=["pL"], choices=sorted(ARMS),
@@ -593,6 +601,8 @@ def parse_args(argv=None):
     if "DMSPS_stage2" in args.seed_arms and any(seed != 0 for seed in args.seeds):
         p.error("DMSPS_stage2 runs with seed 0 only (its expanded dataset comes from the seed-0 DMSPS model): "
                 "remove it from --seed-arms")
+    if args.stage2_tau is not None and not 0.0 < args.stage2_tau <= 1.0:
+        p.error(f"--stage2-tau must be in (0, 1] (a normalised entropy), got {args.stage2_tau}")
     if args.test_cases is None and args.dataset == "acdc":
         args.test_cases = list(range(21, 41))
     return args

@@ -25,7 +25,7 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
     work = tmp_path / "bench"
     argv = ["--dataset", "acdc", "--data", str(acdc_data), "--work", str(work), "--profile", "tiny",
             "--cases", "41,42,43,21", "--test-cases", "21", "--arms", "pL", "DMSPS_avg", "DMSPS_stage2",
-            "--seeds", "0", "1", "--seed-arms", "pL"]
+            "--seeds", "0", "1", "--seed-arms", "pL", "--stage2-tau", "0.2"]
     assert run_benchmark.main(argv) == 0
     results = json.loads((work / "results" / "results.json").read_text())
     # DMSPS_avg pulls in its parent arm DMSPS, stage 2 runs on the expanded dataset; pL is repeated with seed 1
@@ -46,6 +46,11 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
     assert not list((work / "nnUNet_preprocessed").glob("Dataset701_*"))
     stage2 = next((work / "nnUNet_raw").glob("Dataset702_*"))  # the stage-2 dataset, from seed 0's DMSPS
     assert len(list((stage2 / "labelsTr").glob("*.nii.gz"))) == 6
+    # expanded with the requested threshold (2d default: 0.1); the work folder is tied to it
+    assert "dmsps_stage2(tau=0.2," in json.loads((stage2 / "dataset.json").read_text())["scribble_method"]
+    for other in (["--stage2-tau", "0.3"], []):
+        with pytest.raises(SystemExit, match="another --work folder"):
+            run_benchmark.main(argv[:-2] + other)
     # the *_avg arm reuses DMSPS's weights with the _avg trainer name (decoder-mean inference)
     import torch
     ckpt = torch.load(next(work.glob("nnUNet_results/Dataset700_*/nnUNetTrainerDMSPS_avg_tiny__*/fold_0/"
@@ -136,6 +141,11 @@ def test_stage2_is_not_repeated_with_other_seeds(tmp_path, capsys):
     args = run_benchmark.parse_args(["--dataset", "acdc", "--data", str(tmp_path), "--work", str(tmp_path),
                                      "--arms", "DMSPS_stage2", "--seeds", "0", "1", "--seed-arms", "pL"])
     assert args.seed_arms == ["pL"]
+    for tau in ("0", "1.5"):
+        with pytest.raises(SystemExit):
+            run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path), "--stage2-tau", tau])
+        assert "--stage2-tau must be in (0, 1]" in capsys.readouterr().err
+    assert run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path), "--stage2-tau", "1"]).stage2_tau == 1.0
 
 
 def test_rows_are_compared_with_pl_and_dense_of_their_own_seed():
