@@ -18,7 +18,8 @@ Every arm trains on the same scribbles, fold, plans configuration and budget (pr
 
 Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling), ``pL`` (nnU-Net default
 trainer on the scribbles, i.e. its ignore-label pCE + Dice: the bar), ``pCE``, ``pCE_keepDS``, ``DMPLS``,
-``DMSPS``, ``DMSPS_stage2`` (DMSPS retrained on the dataset expanded by the DMSPS model), ``PSSeg``, and the
+``DMSPS``, ``DMSPS_stage2`` (DMSPS retrained on the dataset expanded by the DMSPS model; ``DMSPS_stage2_pLDice``:
+retrained there with ``nnUNetTrainerDMSPS_pLDice``), ``PSSeg``, and the
 ``*_avg`` arms, which reuse the trained weights of their parent arm with decoder-averaged inference.
 ``--stage2-tau`` sets the entropy threshold of the stage-2 expansion (one value per work folder).
 The run resumes: finished trainings, predictions and evaluations are kept; an interrupted training
@@ -69,6 +70,8 @@ ARMS = {
     "DMSPS_avg": ("nnUNetTrainerDMSPS_avg", "scribble", "DMSPS"),
     "DMSPS_paperCE": ("nnUNetTrainerDMSPS_paperCE", "scribble", None),
     "DMSPS_stage2": ("nnUNetTrainerDMSPS", "stage2", None),
+    # stage 2 on the same expanded dataset, retrained with nnU-Net's CE + Dice as the supervised term
+    "DMSPS_stage2_pLDice": ("nnUNetTrainerDMSPS_pLDice", "stage2", None),
     "PSSeg": ("nnUNetTrainerPSSeg", "scribble", None),
     "PSSeg_avg": ("nnUNetTrainerPSSeg_avg", "scribble", "PSSeg"),
     "DMPLS_pLDice": ("nnUNetTrainerDMPLS_pLDice", "scribble", None),
@@ -598,9 +601,10 @@ def parse_args(argv=None):
     p.add_argument("--no-lcc", dest="no_lcc", action="store_true",
                    help="skip the largest-component post-processed evaluation (reported next to the raw one)")
     args = p.parse_args(argv)
-    if "DMSPS_stage2" in args.seed_arms and any(seed != 0 for seed in args.seeds):
-        p.error("DMSPS_stage2 runs with seed 0 only (its expanded dataset comes from the seed-0 DMSPS model): "
-                "remove it from --seed-arms")
+    for arm in args.seed_arms:
+        if ARMS[arm][1] == "stage2" and any(seed != 0 for seed in args.seeds):
+            p.error(f"{arm} runs with seed 0 only (its expanded dataset comes from the seed-0 DMSPS model): "
+                    "remove it from --seed-arms")
     if args.stage2_tau is not None and not 0.0 < args.stage2_tau <= 1.0:
         p.error(f"--stage2-tau must be in (0, 1] (a normalised entropy), got {args.stage2_tau}")
     if args.test_cases is None and args.dataset == "acdc":

@@ -138,6 +138,17 @@ def test_stage2_is_not_repeated_with_other_seeds(tmp_path, capsys):
         run_benchmark.parse_args(["--dataset", "acdc", "--data", str(tmp_path), "--work", str(tmp_path),
                                   "--arms", "DMSPS_stage2", "--seeds", "0", "1", "--seed-arms", "DMSPS_stage2"])
     assert "DMSPS_stage2 runs with seed 0 only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # every stage-2 arm, whatever its trainer
+        run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path), "--seeds", "0", "1",
+                                  "--seed-arms", "pL", "DMSPS_stage2_pLDice"])
+    assert "DMSPS_stage2_pLDice runs with seed 0 only" in capsys.readouterr().err
+    # it trains the _pLDice trainer on the stage-2 dataset (the one DMSPS_stage2 trains on)
+    (tmp_path / "nnUNet_raw" / "Dataset702_XStage2").mkdir(parents=True)
+    bench = run_benchmark.Benchmark(run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path),
+                                                              "--profile", "cpu3k"]))
+    assert bench.fold_dir("DMSPS_stage2_pLDice", 0) == (tmp_path / "nnUNet_results" / "Dataset702_XStage2" /
+                                                        "nnUNetTrainerDMSPS_pLDice_cpu3k__nnUNetPlans__2d_cpu" / "fold_0")
+    assert bench.fold_dir("DMSPS_stage2", 0).parent.parent == bench.fold_dir("DMSPS_stage2_pLDice", 0).parent.parent
     args = run_benchmark.parse_args(["--dataset", "acdc", "--data", str(tmp_path), "--work", str(tmp_path),
                                      "--arms", "DMSPS_stage2", "--seeds", "0", "1", "--seed-arms", "pL"])
     assert args.seed_arms == ["pL"]
