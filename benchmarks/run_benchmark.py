@@ -19,7 +19,8 @@ Every arm trains on the same scribbles, fold, plans configuration and budget (pr
 Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling), ``pL`` (nnU-Net default
 trainer on the scribbles, i.e. its ignore-label pCE + Dice: the bar), ``pCE``, ``pCE_keepDS``, ``DMPLS``,
 ``DMSPS``, ``DMSPS_stage2`` (DMSPS retrained on the dataset expanded by the DMSPS model; ``DMSPS_stage2_pLDice``:
-retrained there with ``nnUNetTrainerDMSPS_pLDice``), ``PSSeg``, and the
+retrained there with ``nnUNetTrainerDMSPS_pLDice``; ``DMSPS_stage2_ft``: fine-tuned there from the DMSPS model
+with ``nnUNetTrainerDMSPS_finetune``), ``PSSeg``, and the
 ``*_avg`` arms, which reuse the trained weights of their parent arm with decoder-averaged inference.
 ``--stage2-tau`` sets the entropy threshold of the stage-2 expansion (one value per work folder).
 The run resumes: finished trainings, predictions and evaluations are kept; an interrupted training
@@ -72,6 +73,8 @@ ARMS = {
     "DMSPS_stage2": ("nnUNetTrainerDMSPS", "stage2", None),
     # stage 2 on the same expanded dataset, retrained with nnU-Net's CE + Dice as the supervised term
     "DMSPS_stage2_pLDice": ("nnUNetTrainerDMSPS_pLDice", "stage2", None),
+    # stage 2 fine-tuned from the stage-1 DMSPS model (PyMIC's variant; FINETUNE_FROM)
+    "DMSPS_stage2_ft": ("nnUNetTrainerDMSPS_finetune", "stage2", None),
     "PSSeg": ("nnUNetTrainerPSSeg", "scribble", None),
     "PSSeg_avg": ("nnUNetTrainerPSSeg_avg", "scribble", "PSSeg"),
     "DMPLS_pLDice": ("nnUNetTrainerDMPLS_pLDice", "scribble", None),
@@ -84,6 +87,8 @@ ARMS = {
     "DMPLS_pw2": ("nnUNetTrainerDMPLS_pw2", "scribble", None),
     "DMPLS_pw5": ("nnUNetTrainerDMPLS_pw5", "scribble", None),
 }
+# arm -> the arm (same seed) whose final checkpoint it trains from (nnUNetv2_train -pretrained_weights)
+FINETUNE_FROM = {"DMSPS_stage2_ft": "DMSPS"}
 DEFAULT_ARMS = ["pL", "dense", "pCE", "pLDice", "DMPLS", "DMSPS", "PSSeg", "DMSPS_stage2", "pCE_keepDS",
                 "DMPLS_avg", "DMSPS_avg", "PSSeg_avg", "DMSPS_paperCE", "DMPLS_pLDice", "DMSPS_pLDice",
                 "PSSeg_pLDice", "DMPLS_ramp", "DMSPS_ramp", "DMPLS_pLDice_ramp", "DMSPS_pLDice_ramp"]
@@ -247,6 +252,8 @@ class Benchmark:
                "-device", self.device]
         if (fold_dir / "checkpoint_latest.pth").exists() or (fold_dir / "checkpoint_final.pth").exists():
             cmd.append("--c")
+        elif arm in FINETUNE_FROM:   # nnU-Net refuses -pretrained_weights with --c; a continuation has them already
+            cmd += ["-pretrained_weights", self.fold_dir(FINETUNE_FROM[arm], seed) / "checkpoint_final.pth"]
         log(f"train {arm} (seed {seed}): {self.trainer(arm)} on {self.dataset_name(kind)} {self.config}")
         return self.run(cmd, {"nnUNet_results": str(self.results_root(seed)),
                               "nnUNet_n_proc_DA": str(self.args.n_proc_da),

@@ -15,6 +15,7 @@ Class names are part of every checkpoint (nnU-Net resolves the network builder f
 | ``nnUNetTrainerDMPLS`` | two decoders, Dice to argmax of a randomly mixed pseudo label (Luo et al. 2022) |
 | ``nnUNetTrainerDMSPS`` | two decoders, CE to a randomly mixed soft pseudo label (Han et al. 2024, stage 1; stage 2 = the same trainer on a dataset expanded by ``nnunet_scribble dmsps-expand``) |
 | ``nnUNetTrainerDMSPS_paperCE`` | DMSPS with the paper's pseudo-label CE (the default follows the reference code's double softmax) |
+| ``nnUNetTrainerDMSPS_finetune`` | DMSPS stage 2 fine-tuned from stage 1 (PyMIC's variant): ``-pretrained_weights`` loads the whole stage-1 network, initial learning rate 1e-3 |
 | ``nnUNetTrainerPSSeg`` | three decoders, USPC + CCAC consistency (Han et al. 2026) |
 | ``..._avg`` | the same training; inference averages the decoders' probabilities |
 | ``..._pLDice`` (DMPLS, DMSPS, PSSeg) | supervised term = nnU-Net's ignore-label CE + Dice per decoder, plus the method's terms |
@@ -137,6 +138,9 @@ class nnUNetTrainerMultiDecoder(nnUNetTrainerScribble):
     NUM_DECODERS: int = 2
     INFERENCE_MODE: str = "main"
     DECODER_INITS: Optional[Sequence[str]] = None
+    #: ``-pretrained_weights`` also loads the segmentation layers (fine-tuning on the same label set;
+    #: nnU-Net re-initialises them by default, for transfer to other label sets)
+    PRETRAINED_INCLUDES_SEG_LAYERS: bool = False
 
     @classmethod
     def build_perturbations(cls) -> List[torch.nn.Module]:
@@ -156,6 +160,7 @@ class nnUNetTrainerMultiDecoder(nnUNetTrainerScribble):
     def initialize(self):
         install_pretrained_weights_hook()
         super().initialize()
+        self.unwrapped_network().pretrained_includes_seg_layers = self.PRETRAINED_INCLUDES_SEG_LAYERS
 
     def unwrapped_network(self) -> MultiDecoderUNet:
         return unwrap_network(self.network)
@@ -281,6 +286,23 @@ class nnUNetTrainerDMSPS_paperCE(nnUNetTrainerDMSPS):
     double_softmax = False
 
 
+class nnUNetTrainerDMSPS_finetune(nnUNetTrainerDMSPS):
+    """DMSPS stage 2 as PyMIC runs it: fine-tuned from the stage-1 model rather than retrained from scratch.
+
+    Train it on the expanded dataset with ``-pretrained_weights <stage-1 checkpoint_final.pth>``: the checkpoint
+    loads completely (segmentation layers included), and the initial learning rate is 10x lower than nnU-Net's
+    (1e-3; PyMIC fine-tunes with Adam 1e-4). The loss is DMSPS's, unchanged.
+    """
+
+    PRETRAINED_INCLUDES_SEG_LAYERS = True
+    FINETUNE_LR_SCALE: float = 0.1
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = self.initial_lr * self.FINETUNE_LR_SCALE
+
+
 class nnUNetTrainerPSSeg(nnUNetTrainerMultiDecoder):
     """PS-Seg: three decoders (clean / random-p dropout / channel-mean feature dropout; kaiming / xavier /
     N(0, 0.02) init), pCE + 10 sig(t) USPC + 0.01 sig(t) CCAC; ramp-up over the first third of training
@@ -385,7 +407,7 @@ BUDGETS = {
 
 BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePreserveDS, nnUNetTrainerScribble_pLDice,
                  nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_avg, nnUNetTrainerDMSPS, nnUNetTrainerDMSPS_avg,
-                 nnUNetTrainerDMSPS_paperCE, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg,
+                 nnUNetTrainerDMSPS_paperCE, nnUNetTrainerDMSPS_finetune, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg,
                  nnUNetTrainerDMPLS_pLDice, nnUNetTrainerDMSPS_pLDice, nnUNetTrainerPSSeg_pLDice,
                  nnUNetTrainerDMPLS_ramp, nnUNetTrainerDMSPS_ramp, nnUNetTrainerDMPLS_pLDice_ramp,
                  nnUNetTrainerDMSPS_pLDice_ramp, nnUNetTrainerDMPLS_pw2, nnUNetTrainerDMPLS_pw5)

@@ -261,6 +261,33 @@ def test_training_gets_the_augmentation_worker_count(tmp_path):
         assert env["nnUNet_n_proc_DA"] == expected and env["NNUNET_SCRIBBLE_SEED"] == "1"
 
 
+def test_finetune_arm_trains_from_the_stage1_checkpoint_once(tmp_path, capsys):
+    # DMSPS_stage2_ft: the fine-tune trainer on the stage-2 dataset, from the same seed's DMSPS checkpoint; a
+    # continuation (--c) does not pass -pretrained_weights again (nnU-Net refuses both together)
+    import run_benchmark
+    with pytest.raises(SystemExit):
+        run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path), "--seeds", "0", "1",
+                                  "--seed-arms", "DMSPS_stage2_ft"])
+    assert "DMSPS_stage2_ft runs with seed 0 only" in capsys.readouterr().err
+    for d in ("Dataset700_X", "Dataset702_XStage2"):
+        (tmp_path / "nnUNet_raw" / d).mkdir(parents=True)
+    bench = run_benchmark.Benchmark(run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path),
+                                                              "--profile", "cpu3k"]))
+    calls = []
+    bench.run = lambda cmd, env=None, measure=False: calls.append(cmd) or {}
+    bench.train("DMSPS_stage2_ft", 0)
+    stage1 = (tmp_path / "nnUNet_results" / "Dataset700_X" / "nnUNetTrainerDMSPS_cpu3k__nnUNetPlans__2d_cpu" / "fold_0"
+              / "checkpoint_final.pth")
+    assert [str(c) for c in calls[0][1:]] == ["702", "2d_cpu", "0", "-tr", "nnUNetTrainerDMSPS_finetune_cpu3k",
+                                              "-device", "cpu", "-pretrained_weights", str(stage1)]
+    fold = bench.fold_dir("DMSPS_stage2_ft", 0)
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_latest.pth").touch()
+    bench.train("DMSPS_stage2_ft", 0)
+    assert [str(c) for c in calls[1][1:]] == ["702", "2d_cpu", "0", "-tr", "nnUNetTrainerDMSPS_finetune_cpu3k",
+                                              "-device", "cpu", "--c"]
+
+
 def test_validation_dice_uses_dense_labels_of_the_validation_cases_only(tmp_path):
     """benchmarks/validation_dice.py: nnU-Net's fold_0/validation predictions against labelsTr_dense; training
     cases without a validation prediction are left out; Dice checked by hand."""

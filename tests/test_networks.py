@@ -18,7 +18,7 @@ from nnunet_scribble.dataset_checks import (ScribbleDatasetError, check_ignore_l
                                             check_scribble_cases)
 from nnunet_scribble.networks import (ChannelMeanFeatureDropout, FeatureDropout, MultiDecoderUNet,
                                       RandomFeatureDropout, build_multi_decoder_network, init_decoder)
-from nnunet_scribble.pretrained import plain_to_multi_decoder_state_dict
+from nnunet_scribble.pretrained import load_pretrained_multi_decoder, plain_to_multi_decoder_state_dict
 from nnunet_scribble.trainers import (nnUNetTrainerDMSPS, nnUNetTrainerDMSPS_avg_tiny, nnUNetTrainerPSSeg,
                                       nnUNetTrainerPSSeg_tiny)
 from nnunet_scribble.transforms import ScribblePreservingDownsampleSegForDS
@@ -483,6 +483,51 @@ def test_plain_state_dict_mapping_errors():
     # a checkpoint of another configuration (3d) does not fit either
     with pytest.raises((KeyError, ValueError)):
         plain_to_multi_decoder_state_dict(model_state, plain_builder("3d")().state_dict())
+
+
+def test_finetune_flag_loads_the_whole_multi_decoder_checkpoint(tmp_path):
+    """``pretrained_includes_seg_layers`` (set by ``nnUNetTrainerDMSPS_finetune``): a checkpoint of the same
+    multi-decoder network loads completely, segmentation layers included; without it nnU-Net's own loader runs
+    and the network keeps its own segmentation layers."""
+    src = multi("2d", k=2, seed=1)
+    src_state = src.state_dict()
+    fname = tmp_path / "stage1.pth"
+    torch.save({"network_weights": src_state}, fname)
+    seg_keys = [k for k in src_state if ".seg_layers." in k and k.endswith("weight")]
+    assert len(seg_keys) >= 2 * 2
+    x = _input(PATCH_2D)
+    for with_seg in (True, False):
+        net = multi("2d", k=2, seed=2)
+        own = {k: v.clone() for k, v in net.state_dict().items()}
+        assert not any(torch.equal(own[k], src_state[k]) for k in seg_keys)   # so the checks below can fail
+        net.pretrained_includes_seg_layers = with_seg
+        load_pretrained_multi_decoder(net, str(fname))
+        for key, value in net.state_dict().items():
+            expected = own[key] if (".seg_layers." in key and not with_seg) else src_state[key]
+            assert torch.equal(value, expected), (with_seg, key)
+        if with_seg:   # the same network: the same prediction
+            src.eval()
+            net.eval()
+            with torch.no_grad():
+                assert torch.equal(net(x)[0], src(x)[0])
+    # with the flag, a checkpoint of another network is refused with a clear error
+    net = multi("2d", k=2, seed=2)
+    net.pretrained_includes_seg_layers = True
+    torch.save({"network_weights": multi("2d", k=3).state_dict()}, tmp_path / "k3.pth")
+    with pytest.raises(KeyError, match="not a checkpoint of this network.*aux_decoders.1"):
+        load_pretrained_multi_decoder(net, str(tmp_path / "k3.pth"))
+    other_labels = dict(src_state)
+    other_labels[seg_keys[0]] = torch.zeros(NUM_CLASSES + 1, *src_state[seg_keys[0]].shape[1:])
+    torch.save({"network_weights": other_labels}, tmp_path / "labels.pth")
+    with pytest.raises(ValueError, match="another label set"):
+        load_pretrained_multi_decoder(net, str(tmp_path / "labels.pth"))
+    # a plain checkpoint with the flag: every decoder's segmentation layers come from the plain ones
+    plain = plain_builder("2d")().state_dict()
+    torch.save({"network_weights": plain}, tmp_path / "plain.pth")
+    load_pretrained_multi_decoder(net, str(tmp_path / "plain.pth"))
+    for key, value in net.state_dict().items():
+        if ".seg_layers." in key:
+            assert torch.equal(value, plain["decoder." + key.split(".", 2)[2]] if key.startswith("aux_") else plain[key])
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -341,7 +341,13 @@ def stage2(nn):
     return expand(nn, STAGE2)
 
 
-def test_dmsps_stage2_expand_plan_and_train(nn, stage2):
+@pytest.fixture(scope="module")
+def stage2_planned(nn, stage2):
+    """The stage-2 dataset, planned and preprocessed (2d) with the tiny configurations; the planner's output."""
+    return nn.plan(STAGE2, configs=("2d",)) + nn.add_configs(STAGE2, "2d")
+
+
+def test_dmsps_stage2_expand_plan_and_train(nn, stage2, stage2_planned):
     out = stage2
     src = nn.raw / nn.dataset_name(DATASET)
     dst = nn.raw / nn.dataset_name(STAGE2)
@@ -386,11 +392,31 @@ def test_dmsps_stage2_expand_plan_and_train(nn, stage2):
     assert json.loads((nn.preprocessed / dst.name / "splits_final.json").read_text()) == src_splits
 
     # stage 2 = the same trainer on the expanded dataset
-    nn.plan(STAGE2, configs=("2d",))
-    nn.add_configs(STAGE2, "2d")
     fold, out = nn.trained(STAGE2, "2d_tiny", "nnUNetTrainerDMSPS_tiny")
     assert load_checkpoint(fold / "checkpoint_final.pth")["trainer_name"] == "nnUNetTrainerDMSPS_tiny"
     assert "Using splits from existing split file" in out
+
+
+def test_dmsps_stage2_finetuned_from_stage1(nn, stage2_planned):
+    """PyMIC's stage 2: nnUNetTrainerDMSPS_finetune -pretrained_weights <stage-1 checkpoint> loads the whole stage-1
+    network (segmentation layers included) and trains at a 10x lower learning rate."""
+    stage1 = nn.trained(DATASET, "2d_tiny", "nnUNetTrainerDMSPS_tiny")[0] / "checkpoint_final.pth"
+    trainer = "nnUNetTrainerDMSPS_finetune_tiny"
+    fold, out = nn.trained(STAGE2, "2d_tiny", trainer, "-pretrained_weights", str(stage1))
+    assert f"Loaded the complete network (segmentation layers included) from {stage1}" in out
+    assert "Current learning rate: 0.001" in out and "Current learning rate: 0.01\n" not in out
+    ckpt = load_checkpoint(fold / "checkpoint_final.pth")
+    assert ckpt["trainer_name"] == trainer and ckpt["init_args"]["plans"]["dataset_name"] == nn.dataset_name(STAGE2)
+    # it trained: every weight set came from stage 1, and the run moved them (the LR is small, not zero)
+    before = load_checkpoint(stage1)["network_weights"]
+    after = ckpt["network_weights"]
+    assert set(before) == set(after)
+    assert any(not torch.equal(before[k], after[k]) for k in after if ".seg_layers." in k)
+    # a checkpoint of another network is refused before training starts
+    other = nn.trained(DATASET, "2d_tiny", "nnUNetTrainerPSSeg_tiny")[0] / "checkpoint_final.pth"
+    out = nn.train(STAGE2, "2d_tiny", trainer, "-pretrained_weights", other, ok=False, results=nn.root / "refused")
+    assert "not a checkpoint of this network" in out and "aux_decoders.1" in out
+    assert not list((nn.root / "refused").rglob("checkpoint_*.pth"))
 
 
 def test_dmsps_expand_with_nnunet_compile(nn, stage2):
