@@ -58,11 +58,13 @@ def load_pretrained_multi_decoder(network, fname: str, verbose: bool = False) ->
     if any(k.startswith("aux_decoders.") for k in pretrained):
         if with_seg:
             mod.load_state_dict(same_network_state_dict(mod.state_dict(), pretrained))
+            mod.pretrained_from = fname
             print(f"Loaded the complete network (segmentation layers included) from {fname}")
             return
         from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
         return load_pretrained_weights(network, fname, verbose)
     mod.load_state_dict(plain_to_multi_decoder_state_dict(mod.state_dict(), pretrained, () if with_seg else SKIP))
+    mod.pretrained_from = fname
     print(f"Loaded pretrained weights from {fname} into the encoder and all {mod.num_decoders} decoders"
           + (" (segmentation layers included)" if with_seg else ""))
 

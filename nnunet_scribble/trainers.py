@@ -302,6 +302,16 @@ class nnUNetTrainerDMSPS_finetune(nnUNetTrainerDMSPS):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.initial_lr * self.FINETUNE_LR_SCALE
 
+    def on_train_start(self):
+        # a fresh start (not --c) must have loaded -pretrained_weights: training from scratch at 1/10 of the
+        # learning rate would be neither stage 2 variant
+        resumed = self.was_initialized and self.current_epoch > 0
+        loaded = self.was_initialized and getattr(self.unwrapped_network(), "pretrained_from", None) is not None
+        if not (resumed or loaded):
+            raise RuntimeError(f"{self.__class__.__name__} fine-tunes a stage-1 model: pass -pretrained_weights "
+                               "<stage-1 checkpoint_final.pth> (to retrain stage 2 from scratch, use nnUNetTrainerDMSPS)")
+        super().on_train_start()
+
 
 class nnUNetTrainerPSSeg(nnUNetTrainerMultiDecoder):
     """PS-Seg: three decoders (clean / random-p dropout / channel-mean feature dropout; kaiming / xavier /

@@ -505,6 +505,7 @@ def test_finetune_flag_loads_the_whole_multi_decoder_checkpoint(tmp_path):
         for key, value in net.state_dict().items():
             expected = own[key] if (".seg_layers." in key and not with_seg) else src_state[key]
             assert torch.equal(value, expected), (with_seg, key)
+        assert getattr(net, "pretrained_from", None) == (str(fname) if with_seg else None)
         if with_seg:   # the same network: the same prediction
             src.eval()
             net.eval()

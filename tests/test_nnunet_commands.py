@@ -417,6 +417,10 @@ def test_dmsps_stage2_finetuned_from_stage1(nn, stage2_planned):
     out = nn.train(STAGE2, "2d_tiny", trainer, "-pretrained_weights", other, ok=False, results=nn.root / "refused")
     assert "not a checkpoint of this network" in out and "aux_decoders.1" in out
     assert not list((nn.root / "refused").rglob("checkpoint_*.pth"))
+    # ... and so is a fresh start without -pretrained_weights (it would train from scratch at 1/10 of the LR)
+    out = nn.train(STAGE2, "2d_tiny", trainer, ok=False, results=nn.root / "refused")
+    assert "fine-tunes a stage-1 model: pass -pretrained_weights" in out
+    assert not list((nn.root / "refused").rglob("checkpoint_*.pth"))
 
 
 def test_dmsps_expand_with_nnunet_compile(nn, stage2):
