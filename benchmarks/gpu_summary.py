@@ -27,6 +27,14 @@ def case_dice(summary: dict) -> np.ndarray:
     return np.array([np.mean([c["metrics"][k]["Dice"] for k in CLASSES]) for c in summary["metric_per_case"]])
 
 
+def gap_closed(res: dict, arm: str) -> str:
+    """(arm - pL) / (dense - pL) of the mean Dice, where pL and the dense ceiling were evaluated."""
+    if arm in ("pL", "dense") or "pL" not in res or "dense" not in res:
+        return ""
+    d = {a: res[a][""]["foreground_mean"]["Dice"] for a in ("pL", "dense", arm)}
+    return f"{(d[arm] - d['pL']) / (d['dense'] - d['pL']):.2f}" if d["dense"] != d["pL"] else ""
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -52,7 +60,8 @@ def main(argv=None) -> int:
             evaluate_folder(str(work / "predictions" / f"{arm}{suffix}"), str(raw / "labelsTs"),
                             labels=[int(k) for k in CLASSES], num_processes=8, output_folder=str(summary))
             r[suffix] = json.loads((summary / "summary.json").read_text())   # the class keys as strings
-        fold = work / "nnUNet_results" / raw.name / f"{ARMS[arm][0]}_{budget}__nnUNetPlans__2d" / "fold_0"
+        dataset = raw.name if ARMS[arm][1] != "dense" else next((work / "nnUNet_raw").glob("Dataset701_*")).name
+        fold = work / "nnUNet_results" / dataset / f"{ARMS[arm][0]}_{budget}__nnUNetPlans__2d" / "fold_0"
         ckpt_file = fold / "checkpoint_final.pth"
         ckpt_file = ckpt_file if ckpt_file.exists() else fold / "checkpoint_latest.pth"
         logging = torch.load(ckpt_file, map_location="cpu", weights_only=False)["logging"]
@@ -61,8 +70,8 @@ def main(argv=None) -> int:
         r["checkpoint"] = ckpt_file.name
         res[arm] = r
     lines = ["| arm | trainer | Dice RV / MYO / LV | mean Dice | HD95 (mm) | ASSD (mm) | better than pL (cases) | "
-             "mean Dice after LCC | HD95 after LCC | checkpoint (epochs) | s / epoch (arms together) |",
-             "|" + "---|" * 11]
+             "mean Dice after LCC | HD95 after LCC | checkpoint (epochs) | s / epoch (arms together) | gap closed |",
+             "|" + "---|" * 12]
     for arm, r in res.items():
         m, f = r[""]["mean"], r[""]["foreground_mean"]
         better = ("" if arm == "pL" or "pL" not in res else
@@ -70,7 +79,7 @@ def main(argv=None) -> int:
         lines.append(f"| {arm} | {ARMS[arm][0]}_{budget} | " + " / ".join(f"{m[k]['Dice']:.3f}" for k in CLASSES)
                      + f" | {f['Dice']:.3f} | {f['HD95']:.1f} | {f['ASSD']:.1f} | {better} | "
                      f"{r['_lcc']['foreground_mean']['Dice']:.3f} | {r['_lcc']['foreground_mean']['HD95']:.1f} | "
-                     f"{r['checkpoint']} ({r['epochs']}) | {r['epoch_s']:.1f} |")
+                     f"{r['checkpoint']} ({r['epochs']}) | {r['epoch_s']:.1f} | {gap_closed(res, arm)} |")
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
     return 0 if len(res) == len(arms) else 1
