@@ -28,11 +28,13 @@ def case_dice(summary: dict) -> np.ndarray:
 
 
 def gap_closed(res: dict, arm: str) -> str:
-    """(arm - pL) / (dense - pL) of the mean Dice, where pL and the dense ceiling were evaluated."""
+    """run_benchmark's rule, (arm - pL) / (dense - pL) of the mean Dice; empty where pL or dense did not run."""
+    from run_benchmark import _gap
+
     if arm in ("pL", "dense") or "pL" not in res or "dense" not in res:
         return ""
-    d = {a: res[a][""]["foreground_mean"]["Dice"] for a in ("pL", "dense", arm)}
-    return f"{(d[arm] - d['pL']) / (d['dense'] - d['pL']):.2f}" if d["dense"] != d["pL"] else ""
+    row = {a: {"arm": a, "Dice": (res[a][""]["foreground_mean"]["Dice"], None)} for a in ("pL", "dense", arm)}
+    return _gap(row[arm], row["pL"], row["dense"])
 
 
 def main(argv=None) -> int:

@@ -309,3 +309,15 @@ def test_validation_dice_uses_dense_labels_of_the_validation_cases_only(tmp_path
     assert dice == pytest.approx(np.mean([2 * 2 / (2 + 4), 2 * 4 / (5 + 4)]))
     with pytest.raises(FileNotFoundError, match="no validation predictions"):
         validation_dice.validation_dice(tmp_path, "nnUNet_results", "Dataset9_X", "T", "3d_fullres")
+
+
+def test_gpu_summary_gap_closed_uses_the_benchmark_rule():
+    """gpu_acdc.sh's table: the gap column from the evaluated arms, blank without pL or the dense ceiling."""
+    from gpu_summary import gap_closed
+
+    res = {a: {"": {"foreground_mean": {"Dice": d}}} for a, d in (("pL", 0.627), ("dense", 0.788), ("DMSPS", 0.753))}
+    assert gap_closed(res, "DMSPS") == f"{(0.753 - 0.627) / (0.788 - 0.627):+.2f}" == "+0.78"
+    assert gap_closed(res, "pL") == gap_closed(res, "dense") == ""
+    assert gap_closed({k: v for k, v in res.items() if k != "dense"}, "DMSPS") == ""
+    res["dense"][""]["foreground_mean"]["Dice"] = 0.5   # ceiling below the bar: no ratio
+    assert gap_closed(res, "DMSPS") == "n/a (dense ≤ pL)"
