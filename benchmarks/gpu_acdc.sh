@@ -54,10 +54,13 @@ log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/steps.log"; }
 left() { echo $(( DEADLINE - $(date +%s) + T0 )); }
 pack_logs() { tar -czf "$OUT/logs.tgz" -C "$W" logs; }
 trainer() { python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from run_benchmark import ARMS; print(ARMS['$1'][0])"; }
+kind() { python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from run_benchmark import ARMS; print(ARMS['$1'][1])"; }
+dsid() { [ "$(kind "$1")" = dense ] && echo 701 || echo 700; }
 n_arms=$(echo $ARMS | wc -w)
 NDA=${NDA:-$(( ($(nproc) - 2) / n_arms ))}
 for arm in $ARMS; do
   trainer "$arm" > /dev/null 2>&1 || { log "unknown arm $arm (benchmarks/run_benchmark.py ARMS)"; exit 2; }
+  case "$(kind "$arm")" in scribble|dense) ;; *) log "arm $arm needs the stage-2 dataset: not run by this script"; exit 2;; esac
 done
 { nvidia-smi 2>&1 || true; nproc; python3 -c "import sys, torch, nnunetv2, importlib.metadata as m
 print(sys.version.split()[0], 'torch', torch.__version__, 'nnunetv2', m.version('nnunetv2'))" 2>&1; } > "$L/env.txt"
@@ -73,8 +76,6 @@ log "nnUNetv2_preprocess 2d (the plans of the CPU benchmark's work folder; its 2
 nnUNetv2_preprocess -d 700 -c "$CONFIG" -np "$(nproc)" > "$L/preprocess.log" 2>&1 \
   || { log "preprocess failed: $(tail -n 3 "$L/preprocess.log")"; pack_logs; exit 1; }
 
-kind() { python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from run_benchmark import ARMS; print(ARMS['$1'][1])"; }
-dsid() { [ "$(kind "$1")" = dense ] && echo 701 || echo 700; }
 if echo " $ARMS " | grep -q " dense "; then
   # the dense arm (ceiling): the dense twin (same images, splits and test labels; labelsTr = labelsTr_dense) as the
   # CPU benchmark builds it, preprocessed with the SAME plans (only the dataset name changed)
