@@ -597,7 +597,8 @@ def parse_args(argv=None):
     p.add_argument("--stage2-tau", type=float, default=None,
                    help="entropy threshold of the DMSPS stage-2 expansion (default: dmsps-expand's, 0.1 for 2d, "
                         "0.3 for 3d); a work folder holds one stage-2 dataset, so another value needs another --work")
-    p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=sorted(ARMS))
+    p.add_argument("--arms", nargs="*", default=DEFAULT_ARMS, choices=sorted(ARMS),
+                   help="arms trained with seed 0 (an empty --arms with --seeds 1 --seed-arms ... runs extra seeds only)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--seed-arms", nargs="+", default=["pL"], choices=sorted(ARMS),
                    help="arms repeated with every extra seed")

@@ -159,6 +159,22 @@ def test_stage2_is_not_repeated_with_other_seeds(tmp_path, capsys):
     assert run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path), "--stage2-tau", "1"]).stage2_tau == 1.0
 
 
+def test_empty_arms_run_the_extra_seeds_only(tmp_path, monkeypatch):
+    """``--arms`` with no value: only the ``--seed-arms`` of the non-zero seeds are trained (seed 0 is not redone)."""
+    import run_benchmark
+    args = run_benchmark.parse_args(["--dataset", "btcv", "--work", str(tmp_path), "--arms", "--seeds", "0", "1",
+                                     "--seed-arms", "pL", "pCE"])
+    assert args.arms == []
+    bench = run_benchmark.Benchmark(args)
+    calls = []
+    monkeypatch.setattr(bench, "convert", lambda: None)
+    monkeypatch.setattr(bench, "load_state", lambda: {})
+    monkeypatch.setattr(bench, "run_arm", lambda arm, seed, state: calls.append((arm, seed)))
+    monkeypatch.setattr(run_benchmark, "write_results", lambda *a: None)
+    bench.main()
+    assert calls == [("pL", 1), ("pCE", 1)]
+
+
 def test_rows_are_compared_with_pl_and_dense_of_their_own_seed():
     from run_benchmark import _references
     rows = {"pL_seed0": "pL0", "pL_seed1": "pL1", "dense_seed0": "dense0", "DMSPS_seed1": "x"}
