@@ -25,11 +25,11 @@ def test_benchmark_end_to_end_tiny_and_resume(acdc_data, tmp_path, capsys):
     work = tmp_path / "bench"
     argv = ["--dataset", "acdc", "--data", str(acdc_data), "--work", str(work), "--profile", "tiny",
             "--cases", "41,42,43,21", "--test-cases", "21", "--arms", "pL", "DMSPS_avg", "DMSPS_stage2",
-            "--seeds", "0", "1", "--seed-arms", "pL", "--stage2-tau", "0.2"]
+            "--stage2-tau", "0.2"]
     assert run_benchmark.main(argv) == 0
     results = json.loads((work / "results" / "results.json").read_text())
-    # DMSPS_avg pulls in its parent arm DMSPS, stage 2 runs on the expanded dataset; pL is repeated with seed 1
-    assert set(results) == {"pL_seed0", "DMSPS_seed0", "DMSPS_avg_seed0", "DMSPS_stage2_seed0", "pL_seed1"}
+    # DMSPS_avg pulls in its parent arm DMSPS, stage 2 runs on the expanded dataset (extra seeds: the tests below)
+    assert set(results) == {"pL_seed0", "DMSPS_seed0", "DMSPS_avg_seed0", "DMSPS_stage2_seed0"}
     for key, row in results.items():
         assert set(row["per_class"]) == {"RV", "MYO", "LV"}
         summary = json.loads(Path(row["summary_file"]).read_text())
@@ -173,6 +173,12 @@ def test_empty_arms_run_the_extra_seeds_only(tmp_path, monkeypatch):
     monkeypatch.setattr(run_benchmark, "write_results", lambda *a: None)
     bench.main()
     assert calls == [("pL", 1), ("pCE", 1)]
+    # each seed trains into its own nnUNet_results tree (a finished seed-0 model is not mistaken for seed 1's)
+    (tmp_path / "nnUNet_raw" / "Dataset700_X").mkdir(parents=True)
+    assert bench.fold_dir("pL", 0) == (tmp_path / "nnUNet_results" / "Dataset700_X" /
+                                       "nnUNetTrainer_cpu__nnUNetPlans__2d_cpu" / "fold_0")
+    assert bench.fold_dir("pL", 1) == (tmp_path / "nnUNet_results_seed1" / "Dataset700_X" /
+                                       "nnUNetTrainer_cpu__nnUNetPlans__2d_cpu" / "fold_0")
 
 
 def test_rows_are_compared_with_pl_and_dense_of_their_own_seed():
