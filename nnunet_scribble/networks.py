@@ -47,16 +47,29 @@ class FeatureDropout(nn.Module):
         return [_dropout_nd(s, self.p, self.training) for s in skips]
 
 
+def _channel_dropout(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Channel dropout (as dropout2d/3d: whole channels zeroed, the rest scaled by 1/(1-p)) with ``p`` a 0-d
+    tensor, so that ``torch.compile`` traces it in one graph whatever the value of ``p``."""
+    keep = torch.rand(x.shape[:2] + (1,) * (x.ndim - 2), device=x.device) >= p
+    return x * (keep.to(x.dtype) / (1 - p).to(x.dtype))
+
+
 class RandomFeatureDropout(nn.Module):
-    """PS-Seg aux1: channel dropout with p ~ U(low, high), drawn once per forward, rounded to 0.01."""
+    """PS-Seg aux1: channel dropout with p ~ U(low, high), drawn once per forward, rounded to 0.01.
+
+    ``p`` stays a tensor on the features' device: a Python float would break nnU-Net's compiled graph
+    (``Tensor.item()``) and make torch.compile recompile for every new value of ``p``.
+    """
 
     def __init__(self, low: float = 0.2, high: float = 0.5):
         super().__init__()
         self.low, self.high = low, high
 
     def forward(self, skips: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        p = round(float(torch.empty(()).uniform_(self.low, self.high)), 2)
-        return [_dropout_nd(s, p, self.training) for s in skips]
+        if not self.training:
+            return list(skips)
+        p = torch.round(torch.empty((), device=skips[0].device).uniform_(self.low, self.high) * 100) / 100
+        return [_channel_dropout(s, p) for s in skips]
 
 
 class ChannelMeanFeatureDropout(nn.Module):

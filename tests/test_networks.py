@@ -412,6 +412,33 @@ def test_feature_dropout_is_identity_in_eval_and_drops_whole_channels_in_train(m
         assert 0.25 < float(frac) < 0.75
 
 
+def test_random_feature_dropout_draws_p_per_forward_rounded_and_compiles_once():
+    """PS-Seg's p ~ U(0.2, 0.5), rounded to 0.01, one value per forward for every skip; under torch.compile
+    (nnU-Net compiles the network on GPUs) the draw neither breaks the graph nor recompiles per value."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    module = RandomFeatureDropout(0.2, 0.5).train()
+    x = torch.ones(2, 400, 4, 4)
+    ps = []
+    for _ in range(200):
+        a, b = module([x, x[:, :8, :2]])
+        scales = set(torch.unique(a).tolist()) - {0.0}
+        assert len(scales) == 1 and set(torch.unique(b).tolist()) - {0.0} <= scales   # one p for both skips
+        p = 1 - 1 / scales.pop()
+        assert 0.2 - 1e-6 <= p <= 0.5 + 1e-6 and p == pytest.approx(round(p, 2), abs=1e-5)
+        ps.append(round(p, 2))
+        assert float(a[:, :, 0, 0].eq(0).float().mean()) == pytest.approx(p, abs=0.08)   # dropped fraction
+    assert len(set(ps)) > 20 and min(ps) < 0.25 and max(ps) > 0.45
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(module, backend="eager")
+    for _ in range(12):
+        compiled([x, x[:, :8]])
+    assert not counters["graph_break"] and not counters["recompiles"]
+    assert counters["frames"]["ok"] == 1
+    torch._dynamo.reset()
+
+
 def test_init_decoder_normal_leaves_encoder_alone():
     net = multi("2d", k=2)
     encoder_before = {k: v.clone() for k, v in net.encoder.state_dict().items()}
