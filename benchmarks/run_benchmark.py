@@ -490,6 +490,19 @@ def _references(rows: dict, seed: int):
             rows.get(f"dense_seed{seed}") or rows.get("dense_seed0"))
 
 
+def _row_order(row: dict):
+    return row["seed"], DEFAULT_ARMS.index(row["arm"]) if row["arm"] in DEFAULT_ARMS else 99
+
+
+def _lowest_seed_rows(rows: dict) -> Dict[str, dict]:
+    """One row per arm for the figures: its lowest seed (seed 0 unless only extra seeds were run), labelled
+    with the seed where that is not 0."""
+    shown = {}
+    for r in sorted(rows.values(), key=_row_order):
+        shown.setdefault(r["arm"], r)
+    return {(arm if r["seed"] == 0 else f"{arm} (seed {r['seed']})"): r for arm, r in shown.items()}
+
+
 def results_markdown(bench: Benchmark, rows: dict) -> str:
     n_cases = len(json.loads(Path(state_file_of(rows)).read_text())["metric_per_case"])
     lines = [f"Profile `{bench.args.profile}`, configuration `{bench.config}`, fold {bench.args.fold}, "
@@ -499,8 +512,7 @@ def results_markdown(bench: Benchmark, rows: dict) -> str:
              "| arm | seed | mean Dice | HD95 (mm) | ASSD (mm) | gap closed | mean Dice, LCC | HD95, LCC (mm) | "
              "gap closed, LCC | s/iter (ratio to pL) | train peak RSS ratio | inference time ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, r in sorted(rows.items(), key=lambda kv: (kv[1]["seed"], DEFAULT_ARMS.index(kv[1]["arm"])
-                                                      if kv[1]["arm"] in DEFAULT_ARMS else 99)):
+    for r in sorted(rows.values(), key=_row_order):
         ref, dense = _references(rows, r["seed"])
         gap = _gap(r, ref, dense)
         gap_lcc = _gap(r.get("lcc"), (ref or {}).get("lcc"), (dense or {}).get("lcc"), r["arm"])
@@ -518,23 +530,22 @@ def results_markdown(bench: Benchmark, rows: dict) -> str:
                      f"{r['HD95'][0]:.2f} ± {r['HD95'][1]:.2f} | {r['ASSD'][0]:.2f} ± {r['ASSD'][1]:.2f} | {gap} | "
                      f"{lcc_text} | {gap_lcc} | {s_it_text} | {_ratio(rss, ref_rss)} | {_ratio(inf, ref_inf)} |")
     names = list(next(iter(rows.values()))["per_class"])
-    lines += ["", "Per class Dice (mean ± std over test cases), seed 0:", "",
-              "| arm | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for key, r in rows.items():
-        if r["seed"] == 0:
-            lines.append(f"| {r['arm']} | " + " | ".join(f"{r['per_class'][n]['Dice'][0]:.3f} ± "
-                                                          f"{r['per_class'][n]['Dice'][1]:.3f}" for n in names) + " |")
-    lines += ["", "Per class HD95 (mm), seed 0:", "", "| arm | " + " | ".join(names) + " |",
-              "|---|" + "---|" * len(names)]
-    for key, r in rows.items():
-        if r["seed"] == 0:
-            lines.append(f"| {r['arm']} | " + " | ".join(f"{r['per_class'][n]['HD95'][0]:.1f}" for n in names) + " |")
-    lcc_rows = [r for r in rows.values() if r["seed"] == 0 and r.get("lcc")]
+    ordered = sorted(rows.values(), key=_row_order)
+    lines += ["", "Per class Dice (mean ± std over test cases):", "",
+              "| arm | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in ordered:
+        lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(f"{r['per_class'][n]['Dice'][0]:.3f} ± "
+                                                                   f"{r['per_class'][n]['Dice'][1]:.3f}" for n in names) + " |")
+    lines += ["", "Per class HD95 (mm):", "", "| arm | seed | " + " | ".join(names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for r in ordered:
+        lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(f"{r['per_class'][n]['HD95'][0]:.1f}" for n in names) + " |")
+    lcc_rows = [r for r in ordered if r.get("lcc")]
     if lcc_rows:
-        lines += ["", "After largest-component post-processing: per class Dice / HD95 (mm), seed 0:", "",
-                  "| arm | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += ["", "After largest-component post-processing: per class Dice / HD95 (mm):", "",
+                  "| arm | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for r in lcc_rows:
-            lines.append(f"| {r['arm']} | " + " | ".join(
+            lines.append(f"| {r['arm']} | {r['seed']} | " + " | ".join(
                 f"{r['lcc']['per_class'][n]['Dice'][0]:.3f} / {r['lcc']['per_class'][n]['HD95'][0]:.1f}"
                 for n in names) + " |")
     return "\n".join(lines) + "\n"
@@ -549,7 +560,7 @@ def plot_results(bench: Benchmark, rows: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seed0 = {r["arm"]: r for r in rows.values() if r["seed"] == 0}
+    seed0 = _lowest_seed_rows(rows)
     names = list(next(iter(seed0.values()))["per_class"])
     fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(names) * len(seed0) / 4), 4.5))
     width = 0.8 / len(seed0)
@@ -565,7 +576,7 @@ def plot_results(bench: Benchmark, rows: dict) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arm, r in seed0.items():
-        if r.get("stats") and not arm.endswith("_avg"):
+        if r.get("stats") and not r["arm"].endswith("_avg"):
             axes[0].plot(r["stats"]["train_losses"], label=arm)
             axes[1].plot(r["stats"]["ema_fg_dice"], label=arm)
     axes[0].set_title("training loss")

@@ -181,6 +181,37 @@ def test_empty_arms_run_the_extra_seeds_only(tmp_path, monkeypatch):
                                        "nnUNetTrainer_cpu__nnUNetPlans__2d_cpu" / "fold_0")
 
 
+def test_results_of_extra_seeds_only_have_per_class_tables_and_figures(tmp_path):
+    """A work folder with only seed-1 rows (``--arms`` empty): every row appears in the per-class tables with
+    its seed, and the figures are drawn (they used to cover seed 0 only: empty tables, failed plots)."""
+    import run_benchmark
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"metric_per_case": [{}, {}]}))
+
+    def row(arm, dice):
+        metric = {"Dice": (dice, 0.01), "HD95": (700.0, 40.0), "ASSD": (690.0, 40.0)}
+        return {"arm": arm, "seed": 1, **metric, "per_class": {"liver": metric, "spleen": dict(metric, Dice=(0.0, 0.0))},
+                "lcc": {**metric, "per_class": {"liver": metric, "spleen": metric}}, "summary_file": str(summary),
+                "stats": {"s_per_iteration": 2.0, "train_losses": [1.0, 0.5], "ema_fg_dice": [0.1, 0.2]},
+                "train": {"peak_rss_mib": 100.0}, "predict": {"wall_s": 10.0}}
+    rows = {"pCE_seed1": row("pCE", 0.07), "pL_seed1": row("pL", 0.025)}
+    bench = run_benchmark.Benchmark(run_benchmark.parse_args(["--dataset", "btcv", "--work", str(tmp_path / "w"),
+                                                              "--arms", "--seeds", "0", "1", "--seed-arms", "pL", "pCE"]))
+    table = run_benchmark.results_markdown(bench, rows)
+    assert "| pL | 1 | 0.0250 ± 0.0100 |" in table                          # main table: pL first
+    assert table.index("| pL | 1 |") < table.index("| pCE | 1 |")
+    assert "| pL | 1 | 0.025 ± 0.010 | 0.000 ± 0.000 |" in table           # per-class Dice
+    assert "| pCE | 1 | 0.070 ± 0.010 | 0.000 ± 0.000 |" in table
+    assert "| pCE | 1 | 700.0 | 700.0 |" in table                            # per-class HD95
+    assert "| pCE | 1 | 0.070 / 700.0 | 0.070 / 700.0 |" in table            # after LCC
+    assert run_benchmark._lowest_seed_rows(rows).keys() == {"pL (seed 1)", "pCE (seed 1)"}
+    both = {**rows, "pL_seed0": dict(rows["pL_seed1"], seed=0)}
+    assert run_benchmark._lowest_seed_rows(both) == {"pL": both["pL_seed0"], "pCE (seed 1)": rows["pCE_seed1"]}
+    run_benchmark.plot_results(bench, rows)
+    for png in ("per_class_dice.png", "training_curves.png"):
+        assert (bench.results_dir / png).stat().st_size > 0
+
+
 def test_rows_are_compared_with_pl_and_dense_of_their_own_seed():
     from run_benchmark import _references
     rows = {"pL_seed0": "pL0", "pL_seed1": "pL1", "dense_seed0": "dense0", "DMSPS_seed1": "x"}
