@@ -620,6 +620,8 @@ def parse_args(argv=None):
     p.add_argument("--no-lcc", dest="no_lcc", action="store_true",
                    help="skip the largest-component post-processed evaluation (reported next to the raw one)")
     args = p.parse_args(argv)
+    if not args.arms and not any(seed != 0 for seed in args.seeds):
+        p.error("--arms is empty and --seeds has no seed but 0: nothing to run")
     for arm in args.seed_arms:
         if ARMS[arm][1] == "stage2" and any(seed != 0 for seed in args.seeds):
             p.error(f"{arm} runs with seed 0 only (its expanded dataset comes from the seed-0 DMSPS model): "

@@ -159,12 +159,15 @@ def test_stage2_is_not_repeated_with_other_seeds(tmp_path, capsys):
     assert run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path), "--stage2-tau", "1"]).stage2_tau == 1.0
 
 
-def test_empty_arms_run_the_extra_seeds_only(tmp_path, monkeypatch):
+def test_empty_arms_run_the_extra_seeds_only(tmp_path, monkeypatch, capsys):
     """``--arms`` with no value: only the ``--seed-arms`` of the non-zero seeds are trained (seed 0 is not redone)."""
     import run_benchmark
     args = run_benchmark.parse_args(["--dataset", "btcv", "--work", str(tmp_path), "--arms", "--seeds", "0", "1",
                                      "--seed-arms", "pL", "pCE"])
     assert args.arms == []
+    with pytest.raises(SystemExit):   # nothing to run
+        run_benchmark.parse_args(["--dataset", "btcv", "--work", str(tmp_path), "--arms", "--seed-arms", "pL"])
+    assert "nothing to run" in capsys.readouterr().err
     bench = run_benchmark.Benchmark(args)
     calls = []
     monkeypatch.setattr(bench, "convert", lambda: None)
