@@ -512,7 +512,8 @@ def results_markdown(bench: Benchmark, rows: dict) -> str:
              "| arm | seed | mean Dice | HD95 (mm) | ASSD (mm) | gap closed | mean Dice, LCC | HD95, LCC (mm) | "
              "gap closed, LCC | s/iter (ratio to pL) | train peak RSS ratio | inference time ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows.values(), key=_row_order):
+    ordered = sorted(rows.values(), key=_row_order)
+    for r in ordered:
         ref, dense = _references(rows, r["seed"])
         gap = _gap(r, ref, dense)
         gap_lcc = _gap(r.get("lcc"), (ref or {}).get("lcc"), (dense or {}).get("lcc"), r["arm"])
@@ -530,7 +531,6 @@ def results_markdown(bench: Benchmark, rows: dict) -> str:
                      f"{r['HD95'][0]:.2f} ± {r['HD95'][1]:.2f} | {r['ASSD'][0]:.2f} ± {r['ASSD'][1]:.2f} | {gap} | "
                      f"{lcc_text} | {gap_lcc} | {s_it_text} | {_ratio(rss, ref_rss)} | {_ratio(inf, ref_inf)} |")
     names = list(next(iter(rows.values()))["per_class"])
-    ordered = sorted(rows.values(), key=_row_order)
     lines += ["", "Per class Dice (mean ± std over test cases):", "",
               "| arm | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in ordered:
@@ -560,11 +560,11 @@ def plot_results(bench: Benchmark, rows: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seed0 = _lowest_seed_rows(rows)
-    names = list(next(iter(seed0.values()))["per_class"])
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(names) * len(seed0) / 4), 4.5))
-    width = 0.8 / len(seed0)
-    for i, (arm, r) in enumerate(seed0.items()):
+    shown = _lowest_seed_rows(rows)
+    names = list(next(iter(shown.values()))["per_class"])
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(names) * len(shown) / 4), 4.5))
+    width = 0.8 / len(shown)
+    for i, (arm, r) in enumerate(shown.items()):
         ax.bar(np.arange(len(names)) + i * width, [r["per_class"][n]["Dice"][0] for n in names], width, label=arm)
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
     ax.set_xticklabels(names, rotation=30, ha="right")
@@ -575,7 +575,7 @@ def plot_results(bench: Benchmark, rows: dict) -> None:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for arm, r in seed0.items():
+    for arm, r in shown.items():
         if r.get("stats") and not r["arm"].endswith("_avg"):
             axes[0].plot(r["stats"]["train_losses"], label=arm)
             axes[1].plot(r["stats"]["ema_fg_dice"], label=arm)
@@ -620,10 +620,11 @@ def parse_args(argv=None):
     p.add_argument("--no-lcc", dest="no_lcc", action="store_true",
                    help="skip the largest-component post-processed evaluation (reported next to the raw one)")
     args = p.parse_args(argv)
-    if not args.arms and not any(seed != 0 for seed in args.seeds):
+    extra_seeds = any(seed != 0 for seed in args.seeds)
+    if not args.arms and not extra_seeds:
         p.error("--arms is empty and --seeds has no seed but 0: nothing to run")
     for arm in args.seed_arms:
-        if ARMS[arm][1] == "stage2" and any(seed != 0 for seed in args.seeds):
+        if ARMS[arm][1] == "stage2" and extra_seeds:
             p.error(f"{arm} runs with seed 0 only (its expanded dataset comes from the seed-0 DMSPS model): "
                     "remove it from --seed-arms")
     if args.stage2_tau is not None and not 0.0 < args.stage2_tau <= 1.0:
