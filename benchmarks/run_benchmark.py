@@ -86,6 +86,9 @@ ARMS = {
     "DMSPS_pLDice_ramp": ("nnUNetTrainerDMSPS_pLDice_ramp", "scribble", None),
     "DMPLS_pw2": ("nnUNetTrainerDMPLS_pw2", "scribble", None),
     "DMPLS_pw5": ("nnUNetTrainerDMPLS_pw5", "scribble", None),
+    # the decoders' partial CEs summed instead of averaged (a study of the methods' 1/K supervision)
+    "DMPLS_sumSup": ("nnUNetTrainerDMPLS_sumSup", "scribble", None),
+    "PSSeg_sumSup": ("nnUNetTrainerPSSeg_sumSup", "scribble", None),
 }
 # arm -> the arm (same seed) whose final checkpoint it trains from (nnUNetv2_train -pretrained_weights)
 FINETUNE_FROM = {"DMSPS_stage2_ft": "DMSPS"}

@@ -112,6 +112,9 @@ class MultiDecoderScribbleLoss(nn.Module):
     optionally ``sample_iteration`` (randomness drawn once per iteration, shared by all scales),
     ``global_terms`` (terms over all scales at once) and ``term_weight``.
 
+    ``supervised_reduction``: how the decoders' supervised terms combine, ``"mean"`` (the methods: each of
+    K decoders gets 1/K of a single network's supervised gradient) or ``"sum"`` (each gets all of it).
+
     ``rampup = (a, b)`` (iterations) multiplies every unsupervised term by sig(t; a, b), t = ``iteration``
     (set by the trainer before each step); ``None`` = constant weights. ``term_weights`` replaces the
     method's weight of the named unsupervised terms (e.g. ``{"pseudo_dice": 2.0}``).
@@ -122,8 +125,11 @@ class MultiDecoderScribbleLoss(nn.Module):
 
     def __init__(self, ignore_label: int, ds_weights: Optional[Sequence[float]] = None,
                  supervised_loss: Optional[nn.Module] = None, rampup: Optional[Sequence[float]] = None,
-                 term_weights: Optional[Dict[str, float]] = None):
+                 term_weights: Optional[Dict[str, float]] = None, supervised_reduction: str = "mean"):
         super().__init__()
+        if supervised_reduction not in ("mean", "sum"):
+            raise ValueError(f"supervised_reduction must be 'mean' or 'sum', got {supervised_reduction!r}")
+        self.supervised_reduction = supervised_reduction
         self.ignore_label = ignore_label
         unsupervised = set(self.TERM_WEIGHTS) - {"pce"}
         unknown = set(term_weights or {}) - unsupervised
@@ -157,12 +163,13 @@ class MultiDecoderScribbleLoss(nn.Module):
 
     # --- shared machinery --------------------------------------------------------------------
     def supervised(self, logits: List[torch.Tensor], target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The supervised term averaged over decoders: {"pce": ...} or {"pl": ...}."""
+        """The supervised term averaged (or summed) over decoders: {"pce": ...} or {"pl": ...}."""
         if self.supervised_loss is None:
             losses = [partial_cross_entropy(z, target, self.ignore_label) for z in logits]
         else:
             losses = [self.supervised_loss(z, target) for z in logits]
-        return {self.supervised_name: torch.stack(losses).mean()}
+        stacked = torch.stack(losses)
+        return {self.supervised_name: stacked.sum() if self.supervised_reduction == "sum" else stacked.mean()}
 
     def _as_scales(self, outputs, targets):
         if len(outputs) != self.num_decoders:
@@ -215,8 +222,8 @@ class DMSPSLoss(MultiDecoderScribbleLoss):
     TERM_WEIGHTS = {"pce": 1.0, "pseudo_ce": 8.0}
 
     def __init__(self, ignore_label: int, ds_weights=None, double_softmax: bool = False, supervised_loss=None,
-                 rampup=None, term_weights=None):
-        super().__init__(ignore_label, ds_weights, supervised_loss, rampup, term_weights)
+                 rampup=None, term_weights=None, supervised_reduction: str = "mean"):
+        super().__init__(ignore_label, ds_weights, supervised_loss, rampup, term_weights, supervised_reduction)
         self.double_softmax = double_softmax
 
     def sample_iteration(self) -> dict:
@@ -244,9 +251,9 @@ class PSSegLoss(MultiDecoderScribbleLoss):
     num_side_outputs = 3
 
     def __init__(self, ignore_label: int, ds_weights=None, rampup_iterations: int = 20000, supervised_loss=None,
-                 term_weights=None):
+                 term_weights=None, supervised_reduction: str = "mean"):
         super().__init__(ignore_label, ds_weights, supervised_loss, rampup=(0, rampup_iterations),
-                         term_weights=term_weights)
+                         term_weights=term_weights, supervised_reduction=supervised_reduction)
 
     def scale_terms(self, logits, target, params):
         probs = [torch.softmax(z, 1) for z in logits]

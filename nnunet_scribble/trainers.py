@@ -19,6 +19,7 @@ Class names are part of every checkpoint (nnU-Net resolves the network builder f
 | ``nnUNetTrainerPSSeg`` | three decoders, USPC + CCAC consistency (Han et al. 2026) |
 | ``..._avg`` | the same training; inference averages the decoders' probabilities |
 | ``..._pLDice`` (DMPLS, DMSPS, PSSeg) | supervised term = nnU-Net's ignore-label CE + Dice per decoder, plus the method's terms |
+| ``..._sumSup`` (DMPLS, PSSeg) | the decoders' partial CEs summed instead of averaged (every decoder gets the full supervised gradient) |
 
 Every trainer also exists with a training budget suffix (``BUDGETS``), e.g. ``nnUNetTrainerDMPLS_tiny``
 (2 epochs x 4 iterations, for tests) or ``nnUNetTrainer_tiny`` (nnU-Net's own trainer, same budget).
@@ -185,6 +186,10 @@ class nnUNetTrainerMultiDecoder(nnUNetTrainerScribble):
     #: replaces the method's weights of the named unsupervised terms (e.g. ``{"pseudo_dice": 2.0}``); None = as published
     PSEUDO_WEIGHTS: Optional[Dict[str, float]] = None
 
+    #: how the decoders' supervised terms combine: "mean" (as published: 1/K of a single network's gradient per
+    #: decoder) or "sum" (every decoder gets the whole supervised gradient)
+    SUPERVISED_REDUCTION: str = "mean"
+
     def pseudo_rampup(self) -> Optional[tuple]:
         if self.PSEUDO_RAMPUP is None:
             return None
@@ -260,7 +265,8 @@ class nnUNetTrainerDMPLS(nnUNetTrainerMultiDecoder):
 
     def build_method_loss(self, ds_weights):
         return DMPLSLoss(self.label_manager.ignore_label, ds_weights, self.supervised_loss(),
-                         rampup=self.pseudo_rampup(), term_weights=self.PSEUDO_WEIGHTS)
+                         rampup=self.pseudo_rampup(), term_weights=self.PSEUDO_WEIGHTS,
+                         supervised_reduction=self.SUPERVISED_REDUCTION)
 
 
 class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
@@ -277,7 +283,7 @@ class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
     def build_method_loss(self, ds_weights):
         return DMSPSLoss(self.label_manager.ignore_label, ds_weights, double_softmax=self.double_softmax,
                          supervised_loss=self.supervised_loss(), rampup=self.pseudo_rampup(),
-                         term_weights=self.PSEUDO_WEIGHTS)
+                         term_weights=self.PSEUDO_WEIGHTS, supervised_reduction=self.SUPERVISED_REDUCTION)
 
 
 class nnUNetTrainerDMSPS_paperCE(nnUNetTrainerDMSPS):
@@ -329,7 +335,8 @@ class nnUNetTrainerPSSeg(nnUNetTrainerMultiDecoder):
     def build_method_loss(self, ds_weights):
         rampup = max(1, math.ceil(self.RAMPUP_FRACTION * self.total_iterations))
         return PSSegLoss(self.label_manager.ignore_label, ds_weights, rampup_iterations=rampup,
-                         supervised_loss=self.supervised_loss(), term_weights=self.PSEUDO_WEIGHTS)
+                         supervised_loss=self.supervised_loss(), term_weights=self.PSEUDO_WEIGHTS,
+                         supervised_reduction=self.SUPERVISED_REDUCTION)
 
 
 class nnUNetTrainerDMPLS_pLDice(nnUNetTrainerDMPLS):
@@ -390,6 +397,19 @@ class nnUNetTrainerDMPLS_pw5(nnUNetTrainerDMPLS):
     PSEUDO_WEIGHTS = {"pseudo_dice": 5.0}
 
 
+class nnUNetTrainerDMPLS_sumSup(nnUNetTrainerDMPLS):
+    """DMPLS with the decoders' partial CEs summed, not averaged (published: 1/2 sum_k): each decoder gets a
+    single network's supervised gradient. Tests whether the methods' short-budget deficit is 1/K supervision."""
+
+    SUPERVISED_REDUCTION = "sum"
+
+
+class nnUNetTrainerPSSeg_sumSup(nnUNetTrainerPSSeg):
+    """PS-Seg with the three decoders' partial CEs summed, not averaged (published: 1/3 sum_k)."""
+
+    SUPERVISED_REDUCTION = "sum"
+
+
 class nnUNetTrainerDMPLS_avg(nnUNetTrainerDMPLS):
     INFERENCE_MODE = "mean"
 
@@ -420,7 +440,8 @@ BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePres
                  nnUNetTrainerDMSPS_paperCE, nnUNetTrainerDMSPS_finetune, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg,
                  nnUNetTrainerDMPLS_pLDice, nnUNetTrainerDMSPS_pLDice, nnUNetTrainerPSSeg_pLDice,
                  nnUNetTrainerDMPLS_ramp, nnUNetTrainerDMSPS_ramp, nnUNetTrainerDMPLS_pLDice_ramp,
-                 nnUNetTrainerDMSPS_pLDice_ramp, nnUNetTrainerDMPLS_pw2, nnUNetTrainerDMPLS_pw5)
+                 nnUNetTrainerDMSPS_pLDice_ramp, nnUNetTrainerDMPLS_pw2, nnUNetTrainerDMPLS_pw5,
+                 nnUNetTrainerDMPLS_sumSup, nnUNetTrainerPSSeg_sumSup)
 
 
 class TrainingBudget:

@@ -267,3 +267,43 @@ def test_dmpls_pseudo_weight_trainers_build_their_weight():
         t.label_manager = SimpleNamespace(ignore_label=3)
         loss = t.build_method_loss((1.0,))
         assert isinstance(loss, DMPLSLoss) and loss.term_weight("pseudo_dice") == w and loss.term_weight("pce") == 1
+
+
+def test_summed_supervised_term_gives_every_decoder_the_full_pce_gradient():
+    # pCE-only check on two decoders: "mean" (published) = (pCE1 + pCE2) / 2, "sum" = pCE1 + pCE2; with the
+    # pseudo-label weight 0 each decoder's gradient is 1/2 resp. all of its own pCE gradient
+    outs, targets = _ds_outputs(2)
+    grads = {}
+    for reduction in ("mean", "sum"):
+        leaves = [[o.detach().clone().requires_grad_(True) for o in d] for d in outs]
+        loss = DMPLSLoss(3, ds_weights=(1.0, 0.0), term_weights={"pseudo_dice": 0.0}, supervised_reduction=reduction)
+        value = loss(leaves, targets)
+        pce = [partial_cross_entropy(d[0].detach(), targets[0], 3) for d in leaves]
+        assert value.item() == pytest.approx(((pce[0] + pce[1]) / (2 if reduction == "mean" else 1)).item(), rel=1e-10)
+        assert loss.last_terms["pce"] == pytest.approx(value.item(), rel=1e-10)
+        value.backward()
+        grads[reduction] = [d[0].grad for d in leaves]
+    for k in range(2):
+        own = outs[k][0].detach().clone().requires_grad_(True)
+        partial_cross_entropy(own, targets[0], 3).backward()
+        assert torch.allclose(grads["sum"][k], own.grad, atol=1e-12)
+        assert torch.allclose(grads["mean"][k], own.grad / 2, atol=1e-12)
+        assert own.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+        DMPLSLoss(3, supervised_reduction="max")
+
+
+def test_sumsup_trainers_build_summed_losses():
+    from types import SimpleNamespace
+    from nnunet_scribble.trainers import (nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_sumSup_cpu3k, nnUNetTrainerPSSeg,
+                                          nnUNetTrainerPSSeg_sumSup)
+    for cls, reduction, loss_cls in ((nnUNetTrainerDMPLS, "mean", DMPLSLoss),
+                                     (nnUNetTrainerDMPLS_sumSup_cpu3k, "sum", DMPLSLoss),
+                                     (nnUNetTrainerPSSeg, "mean", PSSegLoss), (nnUNetTrainerPSSeg_sumSup, "sum", PSSegLoss)):
+        t = object.__new__(cls)
+        t.label_manager = SimpleNamespace(ignore_label=3)
+        t.num_epochs, t.num_iterations_per_epoch = 10, 10
+        loss = t.build_method_loss((1.0,))
+        assert isinstance(loss, loss_cls) and loss.supervised_reduction == reduction
+        # the method's own weights are untouched
+        assert loss.term_weights == loss_cls.TERM_WEIGHTS
