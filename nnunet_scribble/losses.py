@@ -217,13 +217,13 @@ class DMPLSLoss(MultiDecoderScribbleLoss):
 class DMSPSLoss(MultiDecoderScribbleLoss):
     """DMSPS stage 1 (Han et al., MedIA 2024): 1/2 sum_k pCE(z_k) + lambda 1/2 sum_k CE(p_k, q),
     q = alpha p1 + (1 - alpha) p2 (detached), alpha ~ U(0,1) once per iteration, lambda = 8.
-    ``double_softmax`` reproduces the reference code's CE on softmax outputs."""
+    ``double_softmax`` reproduces the reference code's CE on softmax outputs; ``options`` are the base class's
+    (``supervised_loss``, ``rampup``, ``term_weights``, ``supervised_reduction``)."""
 
     TERM_WEIGHTS = {"pce": 1.0, "pseudo_ce": 8.0}
 
-    def __init__(self, ignore_label: int, ds_weights=None, double_softmax: bool = False, supervised_loss=None,
-                 rampup=None, term_weights=None, supervised_reduction: str = "mean"):
-        super().__init__(ignore_label, ds_weights, supervised_loss, rampup, term_weights, supervised_reduction)
+    def __init__(self, ignore_label: int, ds_weights=None, double_softmax: bool = False, **options):
+        super().__init__(ignore_label, ds_weights, **options)
         self.double_softmax = double_softmax
 
     def sample_iteration(self) -> dict:
@@ -243,17 +243,16 @@ class PSSegLoss(MultiDecoderScribbleLoss):
 
     USPC is computed at every deep-supervision scale; CCAC, as in the paper, averages the class
     affinity consistency of the full-resolution logits and of the side outputs at 1/2, 1/4, 1/8
-    (the deep-supervision heads), with equal weights. ``rampup_iterations``: sigmoid ramp-up 0 -> L.
+    (the deep-supervision heads), with equal weights. ``rampup_iterations``: sigmoid ramp-up 0 -> L;
+    ``options`` are the base class's other switches (``supervised_loss``, ``term_weights``, ``supervised_reduction``).
     """
 
     TERM_WEIGHTS = {"pce": 1.0, "uspc": 10.0, "ccac": 0.01}
     num_decoders = 3
     num_side_outputs = 3
 
-    def __init__(self, ignore_label: int, ds_weights=None, rampup_iterations: int = 20000, supervised_loss=None,
-                 term_weights=None, supervised_reduction: str = "mean"):
-        super().__init__(ignore_label, ds_weights, supervised_loss, rampup=(0, rampup_iterations),
-                         term_weights=term_weights, supervised_reduction=supervised_reduction)
+    def __init__(self, ignore_label: int, ds_weights=None, rampup_iterations: int = 20000, **options):
+        super().__init__(ignore_label, ds_weights, rampup=(0, rampup_iterations), **options)
 
     def scale_terms(self, logits, target, params):
         probs = [torch.softmax(z, 1) for z in logits]

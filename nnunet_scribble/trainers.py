@@ -198,6 +198,11 @@ class nnUNetTrainerMultiDecoder(nnUNetTrainerScribble):
     def build_method_loss(self, ds_weights) -> MultiDecoderScribbleLoss:
         raise NotImplementedError
 
+    def loss_options(self) -> dict:
+        """The switches every method loss takes from the trainer: supervised term, weight overrides, reduction."""
+        return {"supervised_loss": self.supervised_loss(), "term_weights": self.PSEUDO_WEIGHTS,
+                "supervised_reduction": self.SUPERVISED_REDUCTION}
+
     def supervised_loss(self):
         """None for pCE, else nnU-Net's own DC_and_CE_loss with the ignore label (without its DS wrapper)."""
         if self.SUPERVISED == "pce":
@@ -264,9 +269,8 @@ class nnUNetTrainerDMPLS(nnUNetTrainerMultiDecoder):
     """DMPLS: dual decoder (aux decoder on 0.5-dropout features), Dice to the dynamically mixed hard pseudo label."""
 
     def build_method_loss(self, ds_weights):
-        return DMPLSLoss(self.label_manager.ignore_label, ds_weights, self.supervised_loss(),
-                         rampup=self.pseudo_rampup(), term_weights=self.PSEUDO_WEIGHTS,
-                         supervised_reduction=self.SUPERVISED_REDUCTION)
+        return DMPLSLoss(self.label_manager.ignore_label, ds_weights, rampup=self.pseudo_rampup(),
+                         **self.loss_options())
 
 
 class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
@@ -282,8 +286,7 @@ class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
 
     def build_method_loss(self, ds_weights):
         return DMSPSLoss(self.label_manager.ignore_label, ds_weights, double_softmax=self.double_softmax,
-                         supervised_loss=self.supervised_loss(), rampup=self.pseudo_rampup(),
-                         term_weights=self.PSEUDO_WEIGHTS, supervised_reduction=self.SUPERVISED_REDUCTION)
+                         rampup=self.pseudo_rampup(), **self.loss_options())
 
 
 class nnUNetTrainerDMSPS_paperCE(nnUNetTrainerDMSPS):
@@ -335,8 +338,7 @@ class nnUNetTrainerPSSeg(nnUNetTrainerMultiDecoder):
     def build_method_loss(self, ds_weights):
         rampup = max(1, math.ceil(self.RAMPUP_FRACTION * self.total_iterations))
         return PSSegLoss(self.label_manager.ignore_label, ds_weights, rampup_iterations=rampup,
-                         supervised_loss=self.supervised_loss(), term_weights=self.PSEUDO_WEIGHTS,
-                         supervised_reduction=self.SUPERVISED_REDUCTION)
+                         **self.loss_options())
 
 
 class nnUNetTrainerDMPLS_pLDice(nnUNetTrainerDMPLS):

@@ -307,3 +307,27 @@ def test_sumsup_trainers_build_summed_losses():
         assert isinstance(loss, loss_cls) and loss.supervised_reduction == reduction
         # the method's own weights are untouched
         assert loss.term_weights == loss_cls.TERM_WEIGHTS
+
+
+def test_every_method_trainer_passes_its_switches_to_its_loss():
+    """SUPERVISED, PSEUDO_WEIGHTS and SUPERVISED_REDUCTION reach DMPLS's, DMSPS's and PS-Seg's loss alike (one
+    trainer helper gathers them); the method's own arguments (double softmax, PS-Seg's ramp) stay its own."""
+    from types import SimpleNamespace
+    from nnunet_scribble.trainers import nnUNetTrainerDMPLS, nnUNetTrainerDMSPS, nnUNetTrainerPSSeg
+    sentinel = torch.nn.Identity()
+    for base, loss_cls, term in ((nnUNetTrainerDMPLS, DMPLSLoss, "pseudo_dice"),
+                                 (nnUNetTrainerDMSPS, DMSPSLoss, "pseudo_ce"), (nnUNetTrainerPSSeg, PSSegLoss, "uspc")):
+        variant = type("Variant", (base,), {"PSEUDO_WEIGHTS": {term: 0.25}, "SUPERVISED_REDUCTION": "sum"})
+        t = object.__new__(variant)
+        t.label_manager = SimpleNamespace(ignore_label=3)
+        t.num_epochs, t.num_iterations_per_epoch = 3, 10
+        t.supervised_loss = lambda: sentinel
+        loss = t.build_method_loss((0.5, 0.5))
+        assert type(loss) is loss_cls and loss.supervised_loss is sentinel and loss.supervised_name == "pl"
+        assert loss.supervised_reduction == "sum" and loss.term_weights[term] == 0.25
+        assert loss.ds_weights == (0.5, 0.5) and loss.ignore_label == 3
+    assert t.build_method_loss(None).rampup == (0.0, 10.0)  # PS-Seg: a third of the 30 iterations
+    dmsps = object.__new__(nnUNetTrainerDMSPS)
+    dmsps.label_manager = SimpleNamespace(ignore_label=3)
+    loss = dmsps.build_method_loss(None)
+    assert loss.double_softmax is True and loss.supervised_loss is None and loss.supervised_reduction == "mean"
