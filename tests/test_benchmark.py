@@ -377,3 +377,50 @@ def test_gpu_summary_gap_closed_uses_the_benchmark_rule():
     assert gap_closed({k: v for k, v in res.items() if k != "dense"}, "DMSPS") == ""
     res["dense"][""]["foreground_mean"]["Dice"] = 0.5   # ceiling below the bar: no ratio
     assert gap_closed(res, "DMSPS") == "n/a (dense ≤ pL)"
+
+
+def test_paired_comparison_against_hand_computed_values(tmp_path, capsys):
+    """Two seeds, 6 cases: seed 0 the arm is better on all 6 (+0.1 each; exact Wilcoxon p = 2/2**6), seed 1
+    worse on 4 of 6; summary over seeds by hand; summary.json columns merge with table columns and must agree."""
+    import paired_comparison as pc
+
+    cases = [f"c{i}" for i in range(6)]
+    bar0 = [0.5, 0.6, 0.4, 0.7, 0.55, 0.45]
+    arm0 = [v + 0.1 for v in bar0]
+    bar1 = [0.6] * 6
+    arm1 = [0.5, 0.5, 0.5, 0.5, 0.7, 0.8]
+    table = ["| case | pL_seed0 | DMPLS_seed0 | pL_seed1 |", "|---|---|---|---|"]
+    table += [f"| {c} | {b0} | {a0:.3f} | {b1} |" for c, b0, a0, b1 in zip(cases, bar0, arm0, bar1)]
+    (tmp_path / "t.md").write_text("\n".join(table) + "\n")
+    # DMPLS seed 1 as the benchmark writes it: nnU-Net's summary.json, the case mean over the classes
+    folder = tmp_path / "predictions" / "DMPLS_seed1"
+    folder.mkdir(parents=True)
+    per_case = [{"prediction_file": f"/x/{c}.nii.gz", "metrics": {"1": {"Dice": v - 0.05}, "2": {"Dice": v + 0.05},
+                                                                  "3": {"Dice": None}}} for c, v in zip(cases, arm1)]
+    (folder / "summary.json").write_text(json.dumps({"metric_per_case": per_case}))
+    out = tmp_path / "merged.md"
+    assert pc.main(["--arms", "DMPLS", "--tables", str(tmp_path / "t.md"), "--predictions",
+                    str(tmp_path / "predictions"), "--out", str(out)]) == 0
+    columns = pc.merge([pc.read_table(tmp_path / "t.md"), pc.read_predictions(tmp_path / "predictions")])
+    res = pc.compare(columns, "DMPLS", "pL")
+    s0, s1 = res["per_seed"]
+    assert (s0["better"], s0["n"]) == (6, 6) and s0["diff"] == pytest.approx(0.1)
+    assert s0["p"] == pytest.approx(2 / 2 ** 6)
+    assert s1["better"] == 2 and s1["diff"] == pytest.approx((sum(arm1) - 3.6) / 6)
+    assert s1["arm"] == pytest.approx(np.mean(arm1))
+    summ = res["summary"]
+    m0, m1 = np.mean(arm0), np.mean(arm1)
+    assert summ["arm_mean"] == pytest.approx((m0 + m1) / 2)
+    assert summ["arm_std"] == pytest.approx(abs(m0 - m1) / np.sqrt(2))  # sample std of two values
+    assert summ["above"] == 1 and summ["sign_p"] == 1.0  # arm 0.6083 > 0.533; 0.5833 < 0.6
+    assert pc.sign_test_p(5, 5) == pytest.approx(0.0625) and pc.sign_test_p(4, 5) == pytest.approx(0.375)
+    # the written per-case table reads back to the same columns
+    back = pc.read_table(out)
+    assert set(back) == {"pL_seed0", "DMPLS_seed0", "pL_seed1", "DMPLS_seed1"}
+    assert back["DMPLS_seed1"]["c4"] == pytest.approx(0.7, abs=1e-6)
+    assert "above the bar in 1 of 2 seeds" in capsys.readouterr().out
+    # a column present in two sources with different values is refused
+    with pytest.raises(ValueError, match="differs"):
+        pc.merge([{"pL_seed0": {"c0": 0.5}}, {"pL_seed0": {"c0": 0.6}}])
+    # an arm without a paired bar seed is an error, not an empty table
+    assert pc.main(["--arms", "PSSeg", "--tables", str(tmp_path / "t.md")]) == 1
