@@ -16,15 +16,19 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CLASSES = ("1", "2", "3")
 
 
-def case_dice(summary: dict) -> np.ndarray:
-    return np.array([np.mean([c["metrics"][k]["Dice"] for k in CLASSES]) for c in summary["metric_per_case"]])
+def cases_better(summary: dict, bar: dict) -> int:
+    """Test volumes on which ``summary``'s mean foreground Dice is above ``bar``'s, paired by case name."""
+    from paired_comparison import case_means_of_summary
+
+    a, b = case_means_of_summary(summary), case_means_of_summary(bar)
+    if set(a) != set(b):
+        raise ValueError("the two summaries were evaluated on different cases")
+    return sum(a[c] > b[c] for c in a)
 
 
 def gap_closed(res: dict, arm: str) -> str:
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
     for arm, r in res.items():
         m, f = r[""]["mean"], r[""]["foreground_mean"]
         better = ("" if arm == "pL" or "pL" not in res else
-                  f"{int((case_dice(r['']) > case_dice(res['pL'][''])).sum())} of {n_test}")
+                  f"{cases_better(r[''], res['pL'][''])} of {n_test}")
         lines.append(f"| {arm} | {ARMS[arm][0]}_{budget} | " + " / ".join(f"{m[k]['Dice']:.3f}" for k in CLASSES)
                      + f" | {f['Dice']:.3f} | {f['HD95']:.1f} | {f['ASSD']:.1f} | {better} | "
                      f"{r['_lcc']['foreground_mean']['Dice']:.3f} | {r['_lcc']['foreground_mean']['HD95']:.1f} | "

@@ -92,8 +92,8 @@ def sign_test_p(k: int, n: int) -> float:
 def compare(columns: Dict[str, Dict[str, float]], arm: str, bar: str) -> dict:
     from scipy.stats import wilcoxon
 
-    seeds = sorted(int(COLUMN.match(c)["seed"]) for c in columns if COLUMN.match(c) and COLUMN.match(c)["arm"] == arm
-                   and f"{bar}_seed{COLUMN.match(c)['seed']}" in columns)
+    matches = [m for m in map(COLUMN.match, columns) if m]
+    seeds = sorted(int(m["seed"]) for m in matches if m["arm"] == arm and f"{bar}_seed{m['seed']}" in columns)
     per_seed = []
     for seed in seeds:
         a, b = columns[f"{arm}_seed{seed}"], columns[f"{bar}_seed{seed}"]

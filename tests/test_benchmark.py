@@ -379,6 +379,24 @@ def test_gpu_summary_gap_closed_uses_the_benchmark_rule():
     assert gap_closed(res, "DMSPS") == "n/a (dense ≤ pL)"
 
 
+def test_gpu_summary_counts_better_volumes_by_case_name():
+    """The 'better than pL' column pairs volumes by name, not by their order in summary.json; classes that are
+    empty in both (Dice None) are left out of a case's mean; different case sets are an error."""
+    from gpu_summary import cases_better
+
+    def summary(values):
+        return {"metric_per_case": [{"prediction_file": f"/p/{c}.nii.gz",
+                                     "metrics": {"1": {"Dice": a}, "2": {"Dice": b}, "3": {"Dice": None}}}
+                                    for c, (a, b) in values.items()]}
+
+    bar = summary({"p1": (0.5, 0.7), "p2": (0.2, 0.2), "p3": (0.9, 0.9)})            # means 0.6, 0.2, 0.9
+    arm = summary({"p2": (0.1, 0.4), "p3": (0.8, 0.9), "p1": (0.6, 0.7)})            # means 0.25, 0.85, 0.65
+    assert cases_better(arm, bar) == 2           # p1 and p2; pairing by position would give 1 (only 0.85 > 0.2)
+    assert cases_better(bar, arm) == 1           # p3
+    with pytest.raises(ValueError, match="different cases"):
+        cases_better(summary({"p1": (0.5, 0.5)}), bar)
+
+
 def test_paired_comparison_against_hand_computed_values(tmp_path, capsys):
     """Two seeds, 6 cases: seed 0 the arm is better on all 6 (+0.1 each; exact Wilcoxon p = 2/2**6), seed 1
     worse on 4 of 6; summary over seeds by hand; summary.json columns merge with table columns and must agree."""
