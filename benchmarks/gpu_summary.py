@@ -23,12 +23,10 @@ CLASSES = ("1", "2", "3")
 
 def cases_better(summary: dict, bar: dict) -> int:
     """Test volumes on which ``summary``'s mean foreground Dice is above ``bar``'s, paired by case name."""
-    from paired_comparison import case_means_of_summary
+    from paired_comparison import case_means_of_summary, paired_values
 
-    a, b = case_means_of_summary(summary), case_means_of_summary(bar)
-    if set(a) != set(b):
-        raise ValueError("the two summaries were evaluated on different cases")
-    return sum(a[c] > b[c] for c in a)
+    x, y = paired_values(case_means_of_summary(summary), case_means_of_summary(bar), "the two summaries")
+    return int((x > y).sum())
 
 
 def gap_closed(res: dict, arm: str) -> str:

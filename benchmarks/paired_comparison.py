@@ -89,6 +89,14 @@ def sign_test_p(k: int, n: int) -> float:
     return min(1.0, sum(math.comb(n, i) for i in range(n + 1) if abs(i - n / 2) >= dev) / 2 ** n)
 
 
+def paired_values(a: Dict[str, float], b: Dict[str, float], what: str):
+    """The per-case values of ``a`` and ``b`` as two arrays in the same case order; an error where the cases differ."""
+    if set(a) != set(b):
+        raise ValueError(f"{what} were evaluated on different cases")
+    cases = sorted(a)
+    return np.array([a[c] for c in cases]), np.array([b[c] for c in cases])
+
+
 def compare(columns: Dict[str, Dict[str, float]], arm: str, bar: str) -> dict:
     from scipy.stats import wilcoxon
 
@@ -96,16 +104,12 @@ def compare(columns: Dict[str, Dict[str, float]], arm: str, bar: str) -> dict:
     seeds = sorted(int(m["seed"]) for m in matches if m["arm"] == arm and f"{bar}_seed{m['seed']}" in columns)
     per_seed = []
     for seed in seeds:
-        a, b = columns[f"{arm}_seed{seed}"], columns[f"{bar}_seed{seed}"]
-        if set(a) != set(b):
-            raise ValueError(f"{arm} and {bar} of seed {seed} were evaluated on different cases")
-        cases = sorted(a)
-        x = np.array([a[c] for c in cases])
-        y = np.array([b[c] for c in cases])
+        x, y = paired_values(columns[f"{arm}_seed{seed}"], columns[f"{bar}_seed{seed}"],
+                             f"{arm} and {bar} of seed {seed}")
         d = x - y
         p = float(wilcoxon(x, y).pvalue) if np.any(d != 0) else 1.0
         per_seed.append({"seed": seed, "arm": float(np.nanmean(x)), "bar": float(np.nanmean(y)),
-                         "diff": float(np.nanmean(d)), "better": int(np.sum(d > 0)), "n": len(cases), "p": p})
+                         "diff": float(np.nanmean(d)), "better": int(np.sum(d > 0)), "n": len(d), "p": p})
     above = sum(r["arm"] > r["bar"] for r in per_seed)
     summary = {"seeds": seeds, "above": above,
                "arm_mean": float(np.mean([r["arm"] for r in per_seed])) if per_seed else float("nan"),
