@@ -32,7 +32,7 @@ import SimpleITK as sitk
 if __package__ in (None, ""):  # run as a plain script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnunet_scribble.raw_dataset import (RawDatasetWriter, array_to_image, case_seed, parse_int_ranges,
+from nnunet_scribble.raw_dataset import (RawDatasetWriter, array_to_image, case_seed, check_geometry, parse_int_ranges,
                                          patient_grouped_folds, read_image)
 
 BTCV_ORGANS = ("spleen", "right_kidney", "left_kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
@@ -96,16 +96,13 @@ def find_btcv_cases(src_dir) -> Tuple[str, Dict[int, Tuple[Path, Path]]]:
 
 
 def load_case(image_path, label_path, case_id: str, num_classes: int = BTCV_IGNORE) -> Tuple[sitk.Image, np.ndarray]:
-    """Read image and label; check the label's values (0..num_classes-1) and that it lies on the image grid."""
+    """Read image and label; check the label's values (0..num_classes-1) and that it has the image's size, spacing,
+    origin and direction (the label array is written on the image's geometry, so any difference would misplace it)."""
     image = read_image(image_path, f"case {case_id} (image)")
     if not Path(label_path).is_file():
         raise FileNotFoundError(f"case {case_id}: label file not found: {label_path}")
     label_img = read_image(label_path, f"case {case_id} (label)")
-    if tuple(label_img.GetSize()) != tuple(image.GetSize()):
-        raise ValueError(f"case {case_id}: label size {label_img.GetSize()} != image size {image.GetSize()}")
-    if not np.allclose(label_img.GetSpacing(), image.GetSpacing(), rtol=0, atol=1e-3):
-        raise ValueError(f"case {case_id}: label spacing {label_img.GetSpacing()} != image spacing "
-                         f"{image.GetSpacing()}")
+    check_geometry(image, label_img, case_id, "image", "label")
     label = sitk.GetArrayFromImage(label_img)
     if np.issubdtype(label.dtype, np.floating):
         if not np.all(np.isfinite(label)) or not np.array_equal(label, np.round(label)):
@@ -151,6 +148,9 @@ def convert_btcv(src_dir, out_raw_dir, dataset_id: int, dataset_name: str = "BTC
         raise ValueError(f"unknown scribble method {method!r}; choose one of {GENERATORS}")
     layout, found = find_btcv_cases(src_dir)
     test_numbers = set(default_test_numbers(found) if test_cases is None else (_case_number(c) for c in test_cases))
+    unknown = sorted(n for n in test_numbers if n not in found)
+    if unknown:
+        raise FileNotFoundError(f"test case(s) {[case_id_of(n) for n in unknown]}: no image in {src_dir}")
     if cases is None:
         selected = sorted(found)
     else:

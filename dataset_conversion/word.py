@@ -37,7 +37,7 @@ import SimpleITK as sitk
 if __package__ in (None, ""):  # run as a plain script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnunet_scribble.raw_dataset import RawDatasetWriter, array_to_image, case_seed, read_image
+from nnunet_scribble.raw_dataset import RawDatasetWriter, array_to_image, case_seed, check_geometry, read_image
 
 WORD_ORGANS = ("liver", "spleen", "left_kidney", "right_kidney", "stomach", "gallbladder", "esophagus", "pancreas",
                "duodenum", "colon", "intestine", "adrenal", "rectum", "bladder", "Head_of_femur_L", "Head_of_femur_R")
@@ -149,13 +149,6 @@ def _find_released(scribble_dir: Path, case_id: str) -> Path:
                             f"in {scribble_dir}")
 
 
-def _check_same_grid(ref: sitk.Image, other: sitk.Image, case_id: str, what: str) -> None:
-    if tuple(ref.GetSize()) != tuple(other.GetSize()):
-        raise ValueError(f"case {case_id}: {what} size {other.GetSize()} != image size {ref.GetSize()}")
-    if not np.allclose(ref.GetSpacing(), other.GetSpacing(), rtol=0, atol=1e-3):
-        raise ValueError(f"case {case_id}: {what} spacing {other.GetSpacing()} != image spacing {ref.GetSpacing()}")
-
-
 def _integer_array(img: sitk.Image, case_id: str, what: str) -> np.ndarray:
     arr = sitk.GetArrayFromImage(img)
     if np.issubdtype(arr.dtype, np.floating):
@@ -191,12 +184,12 @@ def prepare_word_case(image_path: Path, label_path: Optional[Path], case_id: str
         if not Path(label_path).is_file():
             raise FileNotFoundError(f"case {case_id}: label file not found: {label_path}")
         lab_img = read_image(label_path, f"case {case_id} (label)")
-        _check_same_grid(image, lab_img, case_id, "label")
+        check_geometry(image, lab_img, case_id, "image", "label")
         dense = map_dense_label(_integer_array(lab_img, case_id, "label"), lut, case_id)[box]
     released = None
     if scribble_path is not None:
         scr_img = read_image(scribble_path, f"case {case_id} (released scribble)")
-        _check_same_grid(image, scr_img, case_id, "released scribble")
+        check_geometry(image, scr_img, case_id, "image", "released scribble")
         released = map_released_scribble(_integer_array(scr_img, case_id, "released scribble"), lut, ignore_label,
                                          case_id)[box]
     return out_img, dense, released, box

@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier")
     p.add_argument("--plans_file", default=None, help="explicit plans file instead of -d/-p")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("-c", nargs="+", default=["2d", "3d_fullres", "3d_lowres"], help="base configurations")
+    p.add_argument("-c", nargs="+", default=None,
+                   help="base configurations, each must be in the plans (default: those of 2d, 3d_fullres and "
+                        "3d_lowres that the plans have)")
     p.set_defaults(func=_add_configs)
 
     p = sub.add_parser("dmsps-expand", help="DMSPS stage 2: expand scribbles with a trained stage-1 model")

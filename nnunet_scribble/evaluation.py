@@ -335,7 +335,8 @@ def evaluate_folder(pred_folder: str, ref_folder: str, labels: list[int] | None 
     :param num_processes: >1 uses a spawn multiprocessing pool, else everything runs in this process
     :param ignore_missing: evaluate only cases present in both folders instead of raising
     :raises FileNotFoundError: references without prediction (unless ``ignore_missing``), or no reference files
-    :raises ValueError: shape or spacing mismatch (naming the case), or no label to evaluate
+    :raises ValueError: shape or spacing mismatch (naming the case), no label to evaluate, or a requested label
+        that appears in none of the references
     :return: summary dict (int label keys, see module docstring). Predictions without reference are ignored.
     """
     ref_cases = _list_cases(ref_folder, file_ending)
@@ -360,6 +361,12 @@ def evaluate_folder(pred_folder: str, ref_folder: str, labels: list[int] | None 
     labels = [int(l) for l in labels]
 
     results = _run(_evaluate_case, [(p, r, labels) for p, r in zip(pred_files, ref_files)], num_processes)
+    # a label in no reference is empty-in-both (Dice 1, HD95 0) wherever it is not predicted: it would only inflate
+    # the foreground mean (e.g. the ignore label passed by mistake), so refuse it instead of scoring it as perfect
+    absent = [l for l in labels if all(r["metrics"][l]["empty_ref"] for r in results)]
+    if absent:
+        raise ValueError(f"label(s) {absent} appear in none of the {len(results)} reference(s) in {ref_folder}: "
+                         f"their Dice is undefined; evaluate without them")
     summary = _aggregate(results, labels)
     if output_folder is not None:
         write_outputs(summary, output_folder, file_ending)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -100,9 +100,17 @@ def plans_file_path(dataset: str | int, plans_identifier: str = "nnUNetPlans") -
     return os.path.join(nnUNet_preprocessed, maybe_convert_to_dataset_name(dataset), plans_identifier + ".json")
 
 
+DEFAULT_BASE_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+
+
 def add_configurations(plans_file: str, preset: str = "tiny",
-                       base_configurations: Sequence[str] = ("2d", "3d_fullres", "3d_lowres")) -> list:
-    """Add ``<base>_<preset>`` for every base configuration present in the plans; returns the names added."""
+                       base_configurations: Optional[Sequence[str]] = None) -> list:
+    """Add ``<base>_<preset>`` for base configurations of the plans; returns the names added.
+
+    ``base_configurations=None`` means those of :data:`DEFAULT_BASE_CONFIGURATIONS` that the plans have (nnU-Net
+    plans no ``3d_lowres`` for small images, no 3D ones for 2D data); named ones must all exist (ValueError, naming
+    those the plans have), so that a mistyped ``-c`` is not a silent no-op.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if not os.path.isfile(plans_file):
@@ -110,11 +118,18 @@ def add_configurations(plans_file: str, preset: str = "tiny",
     with open(plans_file) as f:
         plans = json.load(f)
     settings = PRESETS[preset]
+    available = plans["configurations"]
+    if base_configurations is None:
+        base_configurations = [b for b in DEFAULT_BASE_CONFIGURATIONS if b in available]
+        if not base_configurations:
+            raise ValueError(f"{plans_file} has none of the configurations {list(DEFAULT_BASE_CONFIGURATIONS)}; "
+                             f"it has {sorted(available)}: pass the base configuration(s) explicitly")
+    unknown = [b for b in base_configurations if b not in available]
+    if unknown:
+        raise ValueError(f"configuration(s) {unknown} not in {plans_file}; it has {sorted(available)}")
     added = []
     for base in base_configurations:
-        config = plans["configurations"].get(base)
-        if config is None:
-            continue
+        config = available[base]
         if "architecture" not in config:
             raise ValueError(f"configuration {base!r} in {plans_file} has no 'architecture' entry "
                              f"(it inherits it); pass the configuration that defines it")

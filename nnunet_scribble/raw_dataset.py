@@ -46,6 +46,7 @@ __all__ = [
     "case_seed",
     "parse_int_ranges",
     "GEOMETRY_TOLERANCE",
+    "check_geometry",
 ]
 
 
@@ -199,7 +200,9 @@ def _jsonable(x):
     return x
 
 
-def _check_geometry(ref: sitk.Image, other: sitk.Image, case_id: str, ref_name: str, other_name: str) -> None:
+def check_geometry(ref: sitk.Image, other: sitk.Image, case_id: str, ref_name: str, other_name: str) -> None:
+    """ValueError naming ``case_id`` unless ``other`` has ``ref``'s dimension, size, spacing, origin and direction
+    (within :data:`GEOMETRY_TOLERANCE`)."""
     problems = []
     if ref.GetDimension() != other.GetDimension():
         raise ValueError(f"case {case_id}: {other_name} is {other.GetDimension()}D but {ref_name} is "
@@ -365,7 +368,7 @@ class RawDatasetWriter:
             if im.GetNumberOfComponentsPerPixel() != 1:
                 raise ValueError(f"case {case_id}: channel {ch} is a vector image; split it into channels")
             if ch:
-                _check_geometry(images[0], im, case_id, "channel 0", f"channel {ch}")
+                check_geometry(images[0], im, case_id, "channel 0", f"channel {ch}")
         out = []
         for ch, im in enumerate(images):
             arr = sitk.GetArrayViewFromImage(im)
@@ -382,7 +385,7 @@ class RawDatasetWriter:
             raise TypeError(f"case {case_id}: {kind} is {type(label).__name__}, expected SimpleITK.Image")
         if label.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError(f"case {case_id}: {kind} is a vector image")
-        _check_geometry(ref, label, case_id, "image", kind)
+        check_geometry(ref, label, case_id, "image", kind)
         arr = sitk.GetArrayFromImage(label)
         if np.issubdtype(arr.dtype, np.floating):
             if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):

@@ -269,6 +269,32 @@ def test_shape_mismatch_leaves_nothing(tmp_path):
     _assert_no_leftovers(raw)
 
 
+@pytest.mark.parametrize("what", ["origin", "direction"])
+def test_btcv_label_off_the_image_geometry_leaves_nothing(tmp_path, what):
+    # the label array is written on the image's geometry, so a label with another origin or direction would be
+    # silently misplaced: it must be refused, like a size or spacing mismatch
+    src = _write_btcv_tree(tmp_path / "src")
+    lab = sitk.ReadImage(str(src / "btcv_002.nii.gz"))
+    if what == "origin":
+        lab.SetOrigin((5.0, 0.0, 0.0))
+    else:
+        lab.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(lab, str(src / "btcv_002.nii.gz"))
+    raw = tmp_path / "raw"
+    with pytest.raises(ValueError, match=f"btcv_002: label does not match image: {what}"):
+        convert_btcv(src, raw, 523, test_cases=[3])
+    _assert_no_leftovers(raw)
+
+
+def test_btcv_unknown_test_case_is_refused(tmp_path):
+    # a mistyped --test-cases (a case the folder does not have) must not silently leave no test set
+    src = _write_btcv_tree(tmp_path / "src")
+    raw = tmp_path / "raw"
+    with pytest.raises(FileNotFoundError, match=r"btcv_035.*no image"):
+        convert_btcv(src, raw, 524, test_cases=[3, 35])
+    _assert_no_leftovers(raw)
+
+
 def test_label_value_out_of_range(tmp_path):
     src = _write_btcv_tree(tmp_path / "src")
     lab = _arr(src / "btcv_003.nii.gz")
@@ -477,6 +503,22 @@ def test_word_released_scribbles(tmp_path, organs):
     with pytest.raises(FileNotFoundError, match="word_0003"):
         convert_word(src, raw, 544, organs=organs, source="released", verbose=False)
     _assert_no_leftovers(raw, {folder.name, folder2.name})
+
+
+def test_word_label_or_scribble_off_the_image_geometry_leaves_nothing(tmp_path):
+    src = _write_word_tree(tmp_path / "WORD")
+    raw = tmp_path / "raw"
+    case = WORD_SPLITS["Tr"][1]
+    for sub, what in (("labelsTr", "label"), ("scribbles", "released scribble")):
+        path = src / sub / f"{case}.nii.gz"
+        good = sitk.ReadImage(str(path))
+        flipped = sitk.Image(good)
+        flipped.SetDirection((1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+        sitk.WriteImage(flipped, str(path))
+        with pytest.raises(ValueError, match=f"{case}: {what} does not match image: direction"):
+            convert_word(src, raw, 545, organs="all", source="released", verbose=False)
+        _assert_no_leftovers(raw)
+        sitk.WriteImage(good, str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -313,6 +313,20 @@ def test_evaluate_folder_origin_and_direction_mismatch(folders):
     evaluate_folder(pred_dir, ref_dir)
 
 
+def test_label_in_no_reference_is_refused(folders):
+    """Label 4 (e.g. ACDC's ignore label passed with -l) is in no reference: it would score Dice 1 everywhere it is
+    not predicted and lift the foreground mean, so it is refused; predicting it does not make it valid."""
+    pred_dir, ref_dir, cases = folders
+    with pytest.raises(ValueError, match=r"label\(s\) \[4\] appear in none of the 2 reference"):
+        evaluate_folder(pred_dir, ref_dir, labels=[1, 4])
+    pred = cases["case_a"][0].copy()
+    pred[0, 0, 0] = 4
+    _write(pred, os.path.join(pred_dir, "case_a.nii.gz"))
+    with pytest.raises(ValueError, match=r"\[4\]"):
+        evaluate_folder(pred_dir, ref_dir, labels=[4])
+    assert main(["-pred", pred_dir, "-ref", ref_dir, "-l", "1", "2"]) == 0  # present labels still evaluate
+
+
 def test_cli_prints_markdown_and_writes_to_pred_folder(folders, capsys):
     pred_dir, ref_dir, _ = folders
     assert main(["-pred", pred_dir, "-ref", ref_dir, "-l", "1", "2"]) == 0

@@ -86,7 +86,8 @@ def test_uspc_weights_confident_voxels_more():
     expected = sum(w[0] * k[0] + w[1] * k[1] for k in kl) / (w[0] + w[1]) / 2
     assert expected == pytest.approx(0.02146045549768697, rel=1e-12)
     assert value == pytest.approx(expected, rel=1e-10)
-    assert w[0] > w[1]  # the confident voxel weighs more
+    # the weighting matters: the plain mean of the four KLs is 1.6 % lower (voxel 1, down-weighted, has less KL)
+    assert value != pytest.approx(sum(sum(k) for k in kl) / 4, rel=1e-3)
     # decoders that agree cost nothing
     assert uncertainty_weighted_consistency([p1, p1]).item() == pytest.approx(0.0, abs=1e-12)
 
@@ -163,6 +164,18 @@ def test_dmsps_loss_lambda_and_double_softmax():
         pce = (partial_cross_entropy(outs[0][0], targets[0], 3) + partial_cross_entropy(outs[1][0], targets[0], 3)) / 2
         ce = (soft_cross_entropy(outs[0][0], q, double) + soft_cross_entropy(outs[1][0], q, double)) / 2
         assert value.item() == pytest.approx((pce + 8 * ce).item(), rel=1e-10)
+        # the mixture is a target: no gradient flows through q (stop-gradient), so the gradients equal those of
+        # the hand assembly with q detached, and differ from those with q attached
+        leaves = [o[0] for o in outs]
+        got = torch.autograd.grad(value, leaves)
+        want = torch.autograd.grad(pce + 8 * ce, leaves, retain_graph=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+        p_att = [torch.softmax(o[0], 1) for o in outs]
+        q_att = 0.25 * p_att[0] + 0.75 * p_att[1]
+        ce_att = (soft_cross_entropy(outs[0][0], q_att, double) + soft_cross_entropy(outs[1][0], q_att, double)) / 2
+        attached = torch.autograd.grad(pce + 8 * ce_att, leaves)
+        assert not torch.allclose(got[0], attached[0], rtol=1e-6, atol=1e-9)
 
 
 def test_psseg_rampup_and_terms():
@@ -196,8 +209,13 @@ def test_multi_decoder_loss_rejects_wrong_decoder_count():
 def test_multi_decoder_loss_without_deep_supervision():
     outs, targets = _ds_outputs(2)
     loss = DMSPSLoss(3)
+    loss.sample_iteration = lambda: {"alpha": 0.6}
     value = loss([o[0] for o in outs], targets[0])
-    assert torch.isfinite(value) and value.item() > 0
+    # without deep supervision the loss is the full-resolution term alone, weight 1
+    q = 0.6 * torch.softmax(outs[0][0], 1).detach() + 0.4 * torch.softmax(outs[1][0], 1).detach()
+    pce = sum(partial_cross_entropy(o[0], targets[0], 3) for o in outs) / 2
+    ce = sum(soft_cross_entropy(o[0], q, False) for o in outs) / 2
+    assert value.item() == pytest.approx((pce + 8 * ce).item(), rel=1e-10)
 
 
 @pytest.mark.parametrize("make", [lambda r: DMPLSLoss(3, ds_weights=(2 / 3, 1 / 3), rampup=r),

@@ -84,6 +84,24 @@ def test_unknown_preset_and_missing_plans_are_refused(plans_file, tmp_path):
         add_configurations(str(tmp_path / "missing.json"), "cpu")
 
 
+def test_default_bases_skip_what_the_plans_lack_but_named_bases_must_exist(plans_file, tmp_path):
+    before = plans_file.read_text()
+    with pytest.raises(ValueError, match=r"\['2D'\] not in .*'2d', '3d_fullres'"):   # a typo is not a silent no-op
+        add_configurations(str(plans_file), "tiny", ["2D"])
+    with pytest.raises(ValueError, match=r"\['3d_lowres'\] not in"):   # named explicitly: must exist
+        add_configurations(str(plans_file), "tiny", ["2d", "3d_lowres"])
+    assert plans_file.read_text() == before
+    # the default: the plans have no 3d_lowres (as nnU-Net plans for small images), so two are added
+    assert add_configurations(str(plans_file), "tiny") == ["2d_tiny", "3d_fullres_tiny"]
+    assert set(json.loads(plans_file.read_text())["configurations"]) == {"2d", "3d_fullres", "2d_tiny",
+                                                                         "3d_fullres_tiny"}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"plans_name": "x", "configurations": {"2d_custom": PLANS["configurations"]["2d"]}}))
+    with pytest.raises(ValueError, match=r"none of the configurations.*'2d_custom'.*explicitly"):
+        add_configurations(str(other), "tiny")
+    assert add_configurations(str(other), "tiny", ["2d_custom"]) == ["2d_custom_tiny"]
+
+
 def test_lowres_preset_on_resenc_plans(tmp_path):
     """ResEnc plans (nnUNetResEncUNetMPlans) list encoder blocks as n_blocks_per_stage; their lowres
     configuration is preprocessed into a folder named after that plans file."""
