@@ -306,10 +306,22 @@ class Benchmark:
         out = self.work / "predictions" / f"{arm}_seed{seed}{suffix}"
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
-        labels = [v for k, v in self.label_dict().items() if k not in ("background", "ignore")]
-        evaluate_folder(str(out), str(self.raw_folder("scribble") / "labelsTs"), labels=labels,
-                        output_folder=str(out), num_processes=2)
+        evaluate_folder(str(out), str(self.raw_folder("scribble") / "labelsTs"),
+                        labels=list(self.test_labels().values()), output_folder=str(out), num_processes=2)
         return json.loads((out / "summary.json").read_text())
+
+    def test_labels(self) -> Dict[str, int]:
+        """Foreground labels of dataset.json that occur in the dense test labels. One that occurs in none (a
+        ``--test-cases`` set whose volumes all lack, e.g., the gallbladder) has no defined Dice: it is left out of
+        the evaluation of every arm, with a warning, instead of failing after the training."""
+        if getattr(self, "_test_labels", None) is None:
+            labels = {k: v for k, v in self.label_dict().items() if k not in ("background", "ignore")}
+            present = labels_in_references(self.raw_folder("scribble") / "labelsTs")
+            absent = [k for k, v in labels.items() if v not in present]
+            if absent:
+                log(f"WARNING: {absent} occur in none of the test labels: left out of the evaluation")
+            self._test_labels = {k: v for k, v in labels.items() if v in present}
+        return self._test_labels
 
     def postprocess_lcc(self, arm: str, seed: int) -> None:
         """Largest component per class (nnU-Net's function, ``nnunet_scribble lcc``), as PyMIC's ACDC
@@ -412,6 +424,15 @@ def make_dense_twin(scribble_folder: Path, raw_dir: Path, dataset_id: int) -> Pa
 
 
 # ---------------------------------------------------------------------- tables and figures
+def labels_in_references(ref_folder: Path) -> set:
+    """The non-zero values of the label maps (``*.nii.gz``) in ``ref_folder``."""
+    import SimpleITK as sitk
+    found = set()
+    for f in sorted(Path(ref_folder).glob("*.nii.gz")):
+        found |= {int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(f)))) if v != 0}
+    return found
+
+
 def _mean_std(summary: dict, label: str, metric: str):
     per_case = [c["metrics"][label][metric] for c in summary["metric_per_case"]]
     vals = np.array([np.nan if v is None else v for v in per_case], dtype=float)
@@ -425,10 +446,13 @@ def collect(bench: Benchmark, state: dict) -> dict:
         f = Path(entry.get("summary_file", ""))
         if not f.exists():
             continue
-        row = {"arm": entry["arm"], "seed": entry["seed"], **_metrics(json.loads(f.read_text()), labels)}
+        summary = json.loads(f.read_text())
+        # the labels that were evaluated (see Benchmark.test_labels), in dataset.json's order
+        evaluated = {k: v for k, v in labels.items() if k in summary["metric_per_case"][0]["metrics"]}
+        row = {"arm": entry["arm"], "seed": entry["seed"], **_metrics(summary, evaluated)}
         f_lcc = Path(entry.get("summary_file_lcc", ""))
         if f_lcc.is_file():
-            row["lcc"] = _metrics(json.loads(f_lcc.read_text()), labels)
+            row["lcc"] = _metrics(json.loads(f_lcc.read_text()), evaluated)
         row["summary_file"] = str(f)
         row["stats"] = entry.get("stats", state.get(f"{ARMS[entry['arm']][2]}_seed{entry['seed']}", {}).get("stats"))
         row["train"] = entry.get("train")

@@ -215,6 +215,43 @@ def test_results_of_extra_seeds_only_have_per_class_tables_and_figures(tmp_path)
         assert (bench.results_dir / png).stat().st_size > 0
 
 
+def test_a_label_in_no_test_volume_is_left_out_of_the_evaluation(tmp_path, capsys):
+    """A --test-cases set whose volumes all lack an organ: that label has no defined Dice (evaluate refuses it), so
+    the benchmark evaluates the others, says so, and its tables cover what was evaluated."""
+    import SimpleITK as sitk
+    import run_benchmark
+    from nnunet_scribble.raw_dataset import array_to_image
+
+    bench = run_benchmark.Benchmark(run_benchmark.parse_args(["--dataset", "btcv", "--work", str(tmp_path / "w"),
+                                                              "--arms", "pL"]))
+    raw = bench.work / "nnUNet_raw" / f"Dataset{bench.ids['scribble']:03d}_X"
+    (raw / "labelsTs").mkdir(parents=True)
+    (raw / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "spleen": 1, "gallbladder": 2,
+                                                             "liver": 3, "ignore": 4}}))
+    ref = np.zeros((2, 6, 6), np.uint8)
+    ref[0, :3] = 1
+    ref[1, 3:] = 3
+    pred = ref.copy()
+    pred[1, 3:, :2] = 0
+    for case in ("c1", "c2"):
+        sitk.WriteImage(array_to_image(ref), str(raw / "labelsTs" / f"{case}.nii.gz"))
+    assert run_benchmark.labels_in_references(raw / "labelsTs") == {1, 3}
+    assert bench.test_labels() == {"spleen": 1, "liver": 3}
+    assert "WARNING: ['gallbladder'] occur in none of the test labels" in capsys.readouterr().out
+    out = bench.work / "predictions" / "pL_seed0"
+    out.mkdir(parents=True)
+    for case in ("c1", "c2"):
+        sitk.WriteImage(array_to_image(pred), str(out / f"{case}.nii.gz"))
+    summary = bench.evaluate("pL", 0)
+    assert set(summary["mean"]) == {"1", "3"}
+    liver = 2 * 12 / (2 * 12 + 6)                        # 12 of each case's 18 liver voxels, no false positive
+    assert summary["foreground_mean"]["Dice"] == pytest.approx((1 + liver) / 2)
+    rows = run_benchmark.collect(bench, {"pL_seed0": {"arm": "pL", "seed": 0,
+                                                      "summary_file": str(out / "summary.json")}})
+    assert list(rows["pL_seed0"]["per_class"]) == ["spleen", "liver"]
+    assert rows["pL_seed0"]["Dice"][0] == pytest.approx((1 + liver) / 2)
+
+
 def test_rows_are_compared_with_pl_and_dense_of_their_own_seed():
     from run_benchmark import _references
     rows = {"pL_seed0": "pL0", "pL_seed1": "pL1", "dense_seed0": "dense0", "DMSPS_seed1": "x"}

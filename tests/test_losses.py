@@ -86,8 +86,11 @@ def test_uspc_weights_confident_voxels_more():
     expected = sum(w[0] * k[0] + w[1] * k[1] for k in kl) / (w[0] + w[1]) / 2
     assert expected == pytest.approx(0.02146045549768697, rel=1e-12)
     assert value == pytest.approx(expected, rel=1e-10)
-    # the weighting matters: the plain mean of the four KLs is 1.6 % lower (voxel 1, down-weighted, has less KL)
-    assert value != pytest.approx(sum(sum(k) for k in kl) / 4, rel=1e-3)
+    # the confident voxel weighs more: the loss lies nearer the loss of voxel 0 alone than the plain midpoint of
+    # the two single-voxel losses (which equal weights would give), all three computed by the function
+    alone = [uncertainty_weighted_consistency([p1[..., v:v + 1], p2[..., v:v + 1]]).item() for v in (0, 1)]
+    assert alone == pytest.approx([(kl[0][0] + kl[1][0]) / 2, (kl[0][1] + kl[1][1]) / 2], rel=1e-10)
+    assert alone[1] < (alone[0] + alone[1]) / 2 + 1e-4 < value < alone[0]
     # decoders that agree cost nothing
     assert uncertainty_weighted_consistency([p1, p1]).item() == pytest.approx(0.0, abs=1e-12)
 
