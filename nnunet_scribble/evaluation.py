@@ -580,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-pred", required=True, help="folder with predicted segmentations")
     parser.add_argument("-ref", required=True, help="folder with dense reference segmentations")
     parser.add_argument("-l", type=int, nargs="+", default=None,
-                        help="labels to evaluate (default: all non-zero labels found in the references)")
+                        help="labels to evaluate, each must occur in at least one reference (default: all non-zero "
+                             "labels found in the references)")
     parser.add_argument("-o", default=None, help="output folder (default: the prediction folder)")
     parser.add_argument("-np", type=int, default=1, help="number of processes (default: 1)")
     parser.add_argument("--file_ending", default=".nii.gz", help="file ending of the images (default: .nii.gz)")
