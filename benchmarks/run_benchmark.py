@@ -315,8 +315,9 @@ class Benchmark:
         ``--test-cases`` set whose volumes all lack, e.g., the gallbladder) has no defined Dice: it is left out of
         the evaluation of every arm, with a warning, instead of failing after the training."""
         if getattr(self, "_test_labels", None) is None:
+            from nnunet_scribble.evaluation import labels_in_files
             labels = {k: v for k, v in self.label_dict().items() if k not in ("background", "ignore")}
-            present = labels_in_references(self.raw_folder("scribble") / "labelsTs")
+            present = labels_in_files(sorted((self.raw_folder("scribble") / "labelsTs").glob("*.nii.gz")), 2)
             absent = [k for k, v in labels.items() if v not in present]
             if absent:
                 log(f"WARNING: {absent} occur in none of the test labels: left out of the evaluation")
@@ -424,15 +425,6 @@ def make_dense_twin(scribble_folder: Path, raw_dir: Path, dataset_id: int) -> Pa
 
 
 # ---------------------------------------------------------------------- tables and figures
-def labels_in_references(ref_folder: Path) -> set:
-    """The non-zero values of the label maps (``*.nii.gz``) in ``ref_folder``."""
-    import SimpleITK as sitk
-    found = set()
-    for f in sorted(Path(ref_folder).glob("*.nii.gz")):
-        found |= {int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(f)))) if v != 0}
-    return found
-
-
 def _mean_std(summary: dict, label: str, metric: str):
     per_case = [c["metrics"][label][metric] for c in summary["metric_per_case"]]
     vals = np.array([np.nan if v is None else v for v in per_case], dtype=float)

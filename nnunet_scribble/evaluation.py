@@ -268,6 +268,12 @@ def _labels_in_file(filename: str) -> list[int]:
     return [int(v) for v in np.unique(array) if v != 0]
 
 
+def labels_in_files(files: list[str], num_processes: int = 1) -> list[int]:
+    """Sorted non-zero values present in any of the label maps ``files``."""
+    found = _run(_labels_in_file, [(str(f),) for f in files], num_processes)
+    return sorted(set().union(*found))
+
+
 def _evaluate_case(prediction_file: str, reference_file: str, labels: list[int]) -> dict:
     """Read one pair, check geometry, and return a ``metric_per_case`` entry."""
     pred, pred_spacing, pred_origin, pred_direction = _read_image(prediction_file)
@@ -354,8 +360,7 @@ def evaluate_folder(pred_folder: str, ref_folder: str, labels: list[int] | None 
     pred_files = [os.path.join(pred_folder, c + file_ending) for c in cases]
 
     if labels is None:
-        found = _run(_labels_in_file, [(f,) for f in ref_files], num_processes)
-        labels = sorted(set().union(*found))
+        labels = labels_in_files(ref_files, num_processes)
         if not labels:
             raise ValueError(f"No foreground label in the references of {ref_folder}; pass labels explicitly")
     labels = [int(l) for l in labels]

@@ -243,30 +243,29 @@ def _write_btcv_tree(root: Path, n_cases=3, shape=(6, 20, 24)) -> Path:
 # ----------------------------------------------------------------------------------------------------------------------
 # error handling: no half-written dataset ever
 # ----------------------------------------------------------------------------------------------------------------------
+def _assert_btcv_refused(src: Path, raw: Path, error, match: str, dataset_id: int, test_cases=(3,)) -> None:
+    """convert_btcv raises ``error`` matching ``match`` and leaves nothing in ``raw``."""
+    with pytest.raises(error, match=match):
+        convert_btcv(src, raw, dataset_id, test_cases=list(test_cases))
+    _assert_no_leftovers(raw)
+
+
 def test_missing_label_file_leaves_nothing(tmp_path):
     src = _write_btcv_tree(tmp_path / "src")
     (src / "btcv_002.nii.gz").unlink()
-    raw = tmp_path / "raw"
-    with pytest.raises(FileNotFoundError, match="btcv_002"):
-        convert_btcv(src, raw, 520, test_cases=[3])
-    _assert_no_leftovers(raw)
+    _assert_btcv_refused(src, tmp_path / "raw", FileNotFoundError, "btcv_002", 520)
 
 
 def test_shape_mismatch_leaves_nothing(tmp_path):
     src = _write_btcv_tree(tmp_path / "src")
     sitk.WriteImage(array_to_image(np.zeros((6, 20, 23), np.uint8), spacing=(0.8, 0.8, 3.0)),
                     str(src / "btcv_002.nii.gz"))
-    raw = tmp_path / "raw"
-    with pytest.raises(ValueError, match="btcv_002.*size"):
-        convert_btcv(src, raw, 521, test_cases=[3])
-    _assert_no_leftovers(raw)
+    _assert_btcv_refused(src, tmp_path / "raw", ValueError, "btcv_002.*size", 521)
     # spacing mismatch
     src2 = _write_btcv_tree(tmp_path / "src2")
     sitk.WriteImage(array_to_image(np.zeros((6, 20, 24), np.uint8), spacing=(0.8, 0.8, 2.0)),
                     str(src2 / "btcv_001.nii.gz"))
-    with pytest.raises(ValueError, match="btcv_001.*spacing"):
-        convert_btcv(src2, raw, 521, test_cases=[3])
-    _assert_no_leftovers(raw)
+    _assert_btcv_refused(src2, tmp_path / "raw", ValueError, "btcv_001.*spacing", 521)
 
 
 @pytest.mark.parametrize("what", ["origin", "direction"])
@@ -280,19 +279,13 @@ def test_btcv_label_off_the_image_geometry_leaves_nothing(tmp_path, what):
     else:
         lab.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     sitk.WriteImage(lab, str(src / "btcv_002.nii.gz"))
-    raw = tmp_path / "raw"
-    with pytest.raises(ValueError, match=f"btcv_002: label does not match image: {what}"):
-        convert_btcv(src, raw, 523, test_cases=[3])
-    _assert_no_leftovers(raw)
+    _assert_btcv_refused(src, tmp_path / "raw", ValueError, f"btcv_002: label does not match image: {what}", 523)
 
 
 def test_btcv_unknown_test_case_is_refused(tmp_path):
     # a mistyped --test-cases (a case the folder does not have) must not silently leave no test set
     src = _write_btcv_tree(tmp_path / "src")
-    raw = tmp_path / "raw"
-    with pytest.raises(FileNotFoundError, match=r"btcv_035.*no image"):
-        convert_btcv(src, raw, 524, test_cases=[3, 35])
-    _assert_no_leftovers(raw)
+    _assert_btcv_refused(src, tmp_path / "raw", FileNotFoundError, r"btcv_035.*no image", 524, test_cases=(3, 35))
 
 
 def test_label_value_out_of_range(tmp_path):
@@ -300,10 +293,7 @@ def test_label_value_out_of_range(tmp_path):
     lab = _arr(src / "btcv_003.nii.gz")
     lab[0, 0, 0] = 20
     sitk.WriteImage(array_to_image(lab, spacing=(0.8, 0.8, 3.0)), str(src / "btcv_003.nii.gz"))
-    raw = tmp_path / "raw"
-    with pytest.raises(ValueError, match=r"btcv_003.*\[20\]"):
-        convert_btcv(src, raw, 522, test_cases=[3])
-    _assert_no_leftovers(raw)
+    _assert_btcv_refused(src, tmp_path / "raw", ValueError, r"btcv_003.*\[20\]", 522)
 
 
 def test_existing_target_and_overwrite(tmp_path):
