@@ -20,9 +20,11 @@ Arms: ``dense`` (nnU-Net default trainer on the dense twin dataset: the ceiling)
 trainer on the scribbles, i.e. its ignore-label pCE + Dice: the bar), ``pCE``, ``pCE_keepDS``, ``DMPLS``,
 ``DMSPS``, ``DMSPS_stage2`` (DMSPS retrained on the dataset expanded by the DMSPS model; ``DMSPS_stage2_pLDice``:
 retrained there with ``nnUNetTrainerDMSPS_pLDice``; ``DMSPS_stage2_ft``: fine-tuned there from the DMSPS model
-with ``nnUNetTrainerDMSPS_finetune``), ``PSSeg``, and the
-``*_avg`` arms, which reuse the trained weights of their parent arm with decoder-averaged inference.
-``--stage2-tau`` sets the entropy threshold of the stage-2 expansion (one value per work folder).
+with ``nnUNetTrainerDMSPS_finetune`` at 1/10 of the learning rate; ``DMSPS_stage2_warm``: started there from the
+DMSPS model at its own learning rate, ``nnUNetTrainerDMSPS_stage2``, as the DMSPS reference code does), ``PSSeg``,
+and the ``*_avg`` arms, which reuse the trained weights of their parent arm with decoder-averaged inference.
+``--stage2-tau`` sets the entropy threshold of the stage-2 expansion (one value per work folder). Each seed's
+DMSPS model expands its own stage-2 dataset (id + 2 for seed 0, id + 2 + 10 x seed for the others).
 The run resumes: finished trainings, predictions and evaluations are kept; an interrupted training
 continues from its latest checkpoint (``--c``). Results go to ``<work>/results/`` (results.json, results.md,
 PNG figures); ``benchmarks/RESULTS.md`` is written by hand from them.
@@ -75,6 +77,8 @@ ARMS = {
     "DMSPS_stage2_pLDice": ("nnUNetTrainerDMSPS_pLDice", "stage2", None),
     # stage 2 fine-tuned from the stage-1 DMSPS model (PyMIC's variant; FINETUNE_FROM)
     "DMSPS_stage2_ft": ("nnUNetTrainerDMSPS_finetune", "stage2", None),
+    # stage 2 as the DMSPS reference code runs it: from the stage-1 model at the stage-1 learning rate
+    "DMSPS_stage2_warm": ("nnUNetTrainerDMSPS_stage2", "stage2", None),
     "PSSeg": ("nnUNetTrainerPSSeg", "scribble", None),
     "PSSeg_avg": ("nnUNetTrainerPSSeg_avg", "scribble", "PSSeg"),
     "DMPLS_pLDice": ("nnUNetTrainerDMPLS_pLDice", "scribble", None),
@@ -91,7 +95,7 @@ ARMS = {
     "PSSeg_sumSup": ("nnUNetTrainerPSSeg_sumSup", "scribble", None),
 }
 # arm -> the arm (same seed) whose final checkpoint it trains from (nnUNetv2_train -pretrained_weights)
-FINETUNE_FROM = {"DMSPS_stage2_ft": "DMSPS"}
+FINETUNE_FROM = {"DMSPS_stage2_ft": "DMSPS", "DMSPS_stage2_warm": "DMSPS"}
 DEFAULT_ARMS = ["pL", "dense", "pCE", "pLDice", "DMPLS", "DMSPS", "PSSeg", "DMSPS_stage2", "pCE_keepDS",
                 "DMPLS_avg", "DMSPS_avg", "PSSeg_avg", "DMSPS_paperCE", "DMPLS_pLDice", "DMSPS_pLDice",
                 "PSSeg_pLDice", "DMPLS_ramp", "DMSPS_ramp", "DMPLS_pLDice_ramp", "DMSPS_pLDice_ramp"]
@@ -147,12 +151,16 @@ class Benchmark:
             out["peak_rss_mib"] = int(timing_file.read_text().split()[-1]) / 1024
         return out
 
-    def raw_folder(self, kind: str) -> Path:
-        matches = sorted((self.work / "nnUNet_raw").glob(f"Dataset{self.ids[kind]:03d}_*"))
+    def dataset_id(self, kind: str, seed: int = 0) -> int:
+        """Each seed's DMSPS model expands its own stage-2 dataset: id + 2 for seed 0, id + 2 + 10 * seed else."""
+        return self.ids[kind] + (10 * seed if kind == "stage2" else 0)
+
+    def raw_folder(self, kind: str, seed: int = 0) -> Path:
+        matches = sorted((self.work / "nnUNet_raw").glob(f"Dataset{self.dataset_id(kind, seed):03d}_*"))
         return matches[0] if matches else None
 
-    def dataset_name(self, kind: str) -> str:
-        return self.raw_folder(kind).name
+    def dataset_name(self, kind: str, seed: int = 0) -> str:
+        return self.raw_folder(kind, seed).name
 
     def trainer(self, arm: str) -> str:
         return f"{ARMS[arm][0]}_{self.profile['budget']}"
@@ -162,7 +170,7 @@ class Benchmark:
 
     def fold_dir(self, arm: str, seed: int) -> Path:
         kind = ARMS[arm][1]
-        return (self.results_root(seed) / self.dataset_name(kind) /
+        return (self.results_root(seed) / self.dataset_name(kind, seed) /
                 f"{self.trainer(arm)}__nnUNetPlans__{self.config}" / f"fold_{self.args.fold}")
 
     def state_file(self) -> Path:
@@ -200,14 +208,14 @@ class Benchmark:
         for kind in ("scribble", "dense") if dense_arm else ("scribble",):
             self.plan(kind)
 
-    def plan(self, kind: str) -> None:
+    def plan(self, kind: str, seed: int = 0) -> None:
         """``nnunet_scribble.plans.planning_commands``, each step run once (resumable)."""
         from nnunet_scribble.plans import planning_commands
-        name = self.dataset_name(kind)
+        name = self.dataset_name(kind, seed)
         preprocessed = self.work / "nnUNet_preprocessed" / name
         plans = preprocessed / "nnUNetPlans.json"
         configurations = json.loads(plans.read_text())["configurations"] if plans.exists() else {}
-        commands = planning_commands(self.ids[kind], self.config)
+        commands = planning_commands(self.dataset_id(kind, seed), self.config)
         plan_cmd = commands[0]                  # nnUNetv2_plan_and_preprocess of the planned base configuration
         base = plan_cmd[plan_cmd.index("-c") + 1]
         no_pp = "--no_pp" in plan_cmd
@@ -216,14 +224,14 @@ class Benchmark:
         # (nnU-Net writes a case's .pkl after its arrays)
         done_base = preprocessed / f".preprocessed_{base}"
         if not done_base.exists() and base in configurations:
-            n_training = json.loads((self.raw_folder(kind) / "dataset.json").read_text())["numTraining"]
+            n_training = json.loads((self.raw_folder(kind, seed) / "dataset.json").read_text())["numTraining"]
             if len(list((preprocessed / configurations[base]["data_identifier"]).glob("*.pkl"))) == n_training:
                 done_base.write_text("nnUNetv2_plan_and_preprocess finished\n")
         if not done_base.exists():
             log(f"plan {'' if no_pp else 'and preprocess '}{name} ({base})")
             self.run(self.command(plan_cmd) + ["-np", "2", "-npfp", "2", "--verify_dataset_integrity"],
                      {"nnUNet_n_proc_DA": "1"})
-            splits = self.raw_folder(kind) / "splits_final.json"
+            splits = self.raw_folder(kind, seed) / "splits_final.json"
             if splits.exists():
                 shutil.copy(splits, preprocessed / "splits_final.json")
             configurations = json.loads(plans.read_text())["configurations"]
@@ -251,13 +259,13 @@ class Benchmark:
         kind = ARMS[arm][1]
         if (fold_dir / "checkpoint_final.pth").exists() and (fold_dir / "validation" / "summary.json").exists():
             return {}
-        cmd = [self.bin / "nnUNetv2_train", self.ids[kind], self.config, self.args.fold, "-tr", self.trainer(arm),
+        cmd = [self.bin / "nnUNetv2_train", self.dataset_id(kind, seed), self.config, self.args.fold, "-tr", self.trainer(arm),
                "-device", self.device]
         if (fold_dir / "checkpoint_latest.pth").exists() or (fold_dir / "checkpoint_final.pth").exists():
             cmd.append("--c")
         elif arm in FINETUNE_FROM:   # nnU-Net refuses -pretrained_weights with --c; a continuation has them already
             cmd += ["-pretrained_weights", self.fold_dir(FINETUNE_FROM[arm], seed) / "checkpoint_final.pth"]
-        log(f"train {arm} (seed {seed}): {self.trainer(arm)} on {self.dataset_name(kind)} {self.config}")
+        log(f"train {arm} (seed {seed}): {self.trainer(arm)} on {self.dataset_name(kind, seed)} {self.config}")
         return self.run(cmd, {"nnUNet_results": str(self.results_root(seed)),
                               "nnUNet_n_proc_DA": str(self.args.n_proc_da),
                               "NNUNET_SCRIBBLE_SEED": str(seed)}, measure=True)
@@ -278,16 +286,16 @@ class Benchmark:
         os.replace(dst / "checkpoint_final.pth.tmp", dst / "checkpoint_final.pth")
 
     def expand_stage2(self, seed: int) -> None:
-        """The stage-2 dataset, expanded by the DMSPS model of ``seed`` (0: parse_args refuses other seeds),
-        then planned and preprocessed (again after an interruption: ``plan`` keeps its own markers)."""
-        if self.raw_folder("stage2") is None:   # dmsps-expand writes the dataset atomically
-            log("DMSPS stage 2: expanding the scribbles with the DMSPS model")
+        """The stage-2 dataset of ``seed``, expanded by that seed's DMSPS model (``dataset_id``), then planned and
+        preprocessed (again after an interruption: ``plan`` keeps its own markers)."""
+        if self.raw_folder("stage2", seed) is None:   # dmsps-expand writes the dataset atomically
+            log(f"DMSPS stage 2: expanding the scribbles with the DMSPS model of seed {seed}")
             self.run([sys.executable, "-m", "nnunet_scribble", "dmsps-expand", "-d", self.ids["scribble"], "-o",
-                      self.ids["stage2"], "-c", self.config, "-f", self.args.fold, "-tr", self.trainer("DMSPS"),
+                      self.dataset_id("stage2", seed), "-c", self.config, "-f", self.args.fold, "-tr", self.trainer("DMSPS"),
                       "-device", self.device]
                      + ([] if self.args.stage2_tau is None else ["--tau", self.args.stage2_tau]),
                      {"nnUNet_results": str(self.results_root(seed))})
-        self.plan("stage2")
+        self.plan("stage2", seed)
 
     def predict(self, arm: str, seed: int) -> dict:
         out = self.work / "predictions" / f"{arm}_seed{seed}"
@@ -297,8 +305,8 @@ class Benchmark:
             return {}
         log(f"predict {arm} (seed {seed})")
         kind = ARMS[arm][1]
-        return self.run([self.bin / "nnUNetv2_predict", "-i", images, "-o", out, "-d", self.ids[kind], "-c",
-                         self.config, "-f", self.args.fold, "-tr", self.trainer(arm), "-device", self.device,
+        return self.run([self.bin / "nnUNetv2_predict", "-i", images, "-o", out, "-d", self.dataset_id(kind, seed),
+                         "-c", self.config, "-f", self.args.fold, "-tr", self.trainer(arm), "-device", self.device,
                          "-npp", "1", "-nps", "1"], {"nnUNet_results": str(self.results_root(seed))}, measure=True)
 
     def evaluate(self, arm: str, seed: int, suffix: str = "") -> dict:
@@ -642,10 +650,11 @@ def parse_args(argv=None):
     extra_seeds = any(seed != 0 for seed in args.seeds)
     if not args.arms and not extra_seeds:
         p.error("--arms is empty and --seeds has no seed but 0: nothing to run")
-    for arm in args.seed_arms:
-        if ARMS[arm][1] == "stage2" and extra_seeds:
-            p.error(f"{arm} runs with seed 0 only (its expanded dataset comes from the seed-0 DMSPS model): "
-                    "remove it from --seed-arms")
+    if any(ARMS[arm][1] == "stage2" for arm in args.arms + args.seed_arms):
+        last = args.id + 2 + 10 * max(args.seeds + [0])
+        if last > 999:
+            p.error(f"the stage-2 dataset of seed {max(args.seeds)} would get id {last} (id + 2 + 10 x seed): "
+                    "nnU-Net's ids have 3 digits; use a smaller --id or seed")
     if args.stage2_tau is not None and not 0.0 < args.stage2_tau <= 1.0:
         p.error(f"--stage2-tau must be in (0, 1] (a normalised entropy), got {args.stage2_tau}")
     if args.test_cases is None and args.dataset == "acdc":

@@ -187,5 +187,22 @@ def dmsps_expand(source_dataset, target_id: int, configuration: str, fold="0", t
     print(f"expanded labels cover {100 * np.mean(fractions):.1f}% of the voxels on average "
           f"(source scribbles: {dataset_json.get('annotated_fraction', 'n/a')})")
     plan = " && ".join(" ".join(c) for c in planning_commands(target_id, configuration))
-    print(f"wrote {writer.target}\nnext: {plan} && nnUNetv2_train {target_id} {configuration} {fold} -tr {trainer}")
+    train = stage2_train_command(target_id, configuration, fold, trainer, model_folder, checkpoint_name)
+    print(f"wrote {writer.target}\nnext: {plan} && {train}")
     return writer.target
+
+
+def stage2_train_command(target_id: int, configuration: str, fold, trainer: str, model_folder: str,
+                         checkpoint_name: str = "checkpoint_final.pth") -> str:
+    """The stage-2 training command ``dmsps-expand`` suggests. As the DMSPS reference code does, stage 2 starts from
+    the stage-1 model (``nnUNetTrainerDMSPS_stage2``, same budget suffix) when the stage-1 trainer is
+    ``nnUNetTrainerDMSPS[_<budget>]``; for any other stage-1 trainer, the same trainer from scratch."""
+    from nnunet_scribble.trainers import BUDGETS
+
+    command = f"nnUNetv2_train {target_id} {configuration} {fold}"
+    suffix = trainer[len("nnUNetTrainerDMSPS"):] if trainer.startswith("nnUNetTrainerDMSPS") else None
+    if suffix in [""] + [f"_{b}" for b in BUDGETS]:
+        stage2 = "nnUNetTrainerDMSPS_stage2" + suffix
+        checkpoint = os.path.join(model_folder, f"fold_{fold}", checkpoint_name)
+        return f"{command} -tr {stage2} -pretrained_weights {checkpoint}"
+    return f"{command} -tr {trainer}"

@@ -16,6 +16,7 @@ Class names are part of every checkpoint (nnU-Net resolves the network builder f
 | ``nnUNetTrainerDMSPS`` | two decoders, CE to a randomly mixed soft pseudo label (Han et al. 2024, stage 1; stage 2 = the same trainer on a dataset expanded by ``nnunet_scribble dmsps-expand``) |
 | ``nnUNetTrainerDMSPS_paperCE`` | DMSPS with the paper's pseudo-label CE (the default follows the reference code's double softmax) |
 | ``nnUNetTrainerDMSPS_finetune`` | DMSPS stage 2 fine-tuned from stage 1 (PyMIC's variant): ``-pretrained_weights`` loads the whole stage-1 network, initial learning rate 1e-3 |
+| ``nnUNetTrainerDMSPS_stage2`` | DMSPS stage 2 as the reference code runs it: ``-pretrained_weights`` loads the whole stage-1 network, the stage-1 learning rate (1e-2) |
 | ``nnUNetTrainerPSSeg`` | three decoders, USPC + CCAC consistency (Han et al. 2026) |
 | ``..._avg`` | the same training; inference averages the decoders' probabilities |
 | ``..._pLDice`` (DMPLS, DMSPS, PSSeg) | supervised term = nnU-Net's ignore-label CE + Dice per decoder, plus the method's terms |
@@ -322,6 +323,15 @@ class nnUNetTrainerDMSPS_finetune(nnUNetTrainerDMSPS):
         super().on_train_start()
 
 
+class nnUNetTrainerDMSPS_stage2(nnUNetTrainerDMSPS_finetune):
+    """DMSPS stage 2 as the reference code runs it: its retrain scripts (``*_retrainUncertainty.py``, 2D and 3D) load
+    the stage-1 model and train it on the expanded labels with the stage-1 loss and learning rate. Here:
+    ``-pretrained_weights <stage-1 checkpoint_final.pth>`` loads the whole network, and the learning rate is
+    nnU-Net's (1e-2, poly schedule restarted)."""
+
+    FINETUNE_LR_SCALE = 1.0
+
+
 class nnUNetTrainerPSSeg(nnUNetTrainerMultiDecoder):
     """PS-Seg: three decoders (clean / random-p dropout / channel-mean feature dropout; kaiming / xavier /
     N(0, 0.02) init), pCE + 10 sig(t) USPC + 0.01 sig(t) CCAC; ramp-up over the first third of training
@@ -439,7 +449,8 @@ BUDGETS = {
 
 BASE_TRAINERS = (nnUNetTrainer, nnUNetTrainerScribble, nnUNetTrainerScribblePreserveDS, nnUNetTrainerScribble_pLDice,
                  nnUNetTrainerDMPLS, nnUNetTrainerDMPLS_avg, nnUNetTrainerDMSPS, nnUNetTrainerDMSPS_avg,
-                 nnUNetTrainerDMSPS_paperCE, nnUNetTrainerDMSPS_finetune, nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg,
+                 nnUNetTrainerDMSPS_paperCE, nnUNetTrainerDMSPS_finetune, nnUNetTrainerDMSPS_stage2,
+                 nnUNetTrainerPSSeg, nnUNetTrainerPSSeg_avg,
                  nnUNetTrainerDMPLS_pLDice, nnUNetTrainerDMSPS_pLDice, nnUNetTrainerPSSeg_pLDice,
                  nnUNetTrainerDMPLS_ramp, nnUNetTrainerDMSPS_ramp, nnUNetTrainerDMPLS_pLDice_ramp,
                  nnUNetTrainerDMSPS_pLDice_ramp, nnUNetTrainerDMPLS_pw2, nnUNetTrainerDMPLS_pw5,
