@@ -132,12 +132,6 @@ def test_benchmark_lowres_profile_preprocesses_its_own_spacing(acdc_data, tmp_pa
     assert "2d_tinylowres" in json.loads((pre / "nnUNetPlans.json").read_text())["configurations"]
 
 
-def test_stage2_is_not_repeated_with_other_seeds(tmp_path, capsys):
-    import run_benchmark
-    with pytest.raises(SystemExit):
-        run_benchmark.parse_args(["--dataset", "acdc", "--data", str(tmp_path), "--work", str(tmp_path),
-                                  "--arms", "DMSPS_stage2", "--seeds", "0", "1", "--seed-arms", "DMSPS_stage2"])
-    assert "DMSPS_stage2 runs with seed 0 only" in capsys.readouterr().err
     with pytest.raises(SystemExit):   # every stage-2 arm, whatever its trainer
         run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path), "--seeds", "0", "1",
                                   "--seed-arms", "pL", "DMSPS_stage2_pLDice"])
@@ -355,14 +349,10 @@ def test_training_gets_the_augmentation_worker_count(tmp_path):
         assert env["nnUNet_n_proc_DA"] == expected and env["NNUNET_SCRIBBLE_SEED"] == "1"
 
 
-def test_finetune_arm_trains_from_the_stage1_checkpoint_once(tmp_path, capsys):
+def test_finetune_arm_trains_from_the_stage1_checkpoint_once(tmp_path):
     # DMSPS_stage2_ft: the fine-tune trainer on the stage-2 dataset, from the same seed's DMSPS checkpoint; a
     # continuation (--c) does not pass -pretrained_weights again (nnU-Net refuses both together)
     import run_benchmark
-    with pytest.raises(SystemExit):
-        run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path), "--seeds", "0", "1",
-                                  "--seed-arms", "DMSPS_stage2_ft"])
-    assert "DMSPS_stage2_ft runs with seed 0 only" in capsys.readouterr().err
     for d in ("Dataset700_X", "Dataset702_XStage2"):
         (tmp_path / "nnUNet_raw" / d).mkdir(parents=True)
     bench = run_benchmark.Benchmark(run_benchmark.parse_args(["--dataset", "acdc", "--work", str(tmp_path),
@@ -380,6 +370,40 @@ def test_finetune_arm_trains_from_the_stage1_checkpoint_once(tmp_path, capsys):
     bench.train("DMSPS_stage2_ft", 0)
     assert [str(c) for c in calls[1][1:]] == ["702", "2d_cpu", "0", "-tr", "nnUNetTrainerDMSPS_finetune_cpu3k",
                                               "-device", "cpu", "--c"]
+
+
+def test_each_seed_expands_and_trains_its_own_stage2_dataset(tmp_path, capsys):
+    """A stage-2 arm with seed 3: dmsps-expand with seed 3's DMSPS model into dataset id + 2 + 10 x 3 (732), then the
+    warm-start arm (the reference code's stage 2) trains there from seed 3's DMSPS checkpoint."""
+    import run_benchmark
+    args = ["--dataset", "acdc", "--work", str(tmp_path), "--profile", "cpu3k", "--arms", "--seeds", "3",
+            "--seed-arms", "DMSPS_stage2_warm"]
+    (tmp_path / "nnUNet_raw" / "Dataset700_X").mkdir(parents=True)
+    bench = run_benchmark.Benchmark(run_benchmark.parse_args(args))
+    calls, planned = [], []
+    bench.run = lambda cmd, env=None, measure=False: calls.append((cmd, env)) or {}
+    bench.plan = lambda kind, seed=0: planned.append((kind, seed))
+    bench.expand_stage2(3)
+    (cmd, env), = calls
+    assert [str(c) for c in cmd[3:]] == ["dmsps-expand", "-d", "700", "-o", "732", "-c", "2d_cpu", "-f", "0", "-tr",
+                                         "nnUNetTrainerDMSPS_cpu3k", "-device", "cpu"]
+    assert env == {"nnUNet_results": str(tmp_path / "nnUNet_results_seed3")} and planned == [("stage2", 3)]
+    (tmp_path / "nnUNet_raw" / "Dataset732_XStage2").mkdir()
+    bench.expand_stage2(3)          # already expanded: not again
+    assert len(calls) == 1
+    bench.train("DMSPS_stage2_warm", 3)
+    stage1 = (tmp_path / "nnUNet_results_seed3" / "Dataset700_X" / "nnUNetTrainerDMSPS_cpu3k__nnUNetPlans__2d_cpu"
+              / "fold_0" / "checkpoint_final.pth")
+    assert [str(c) for c in calls[1][0][1:]] == ["732", "2d_cpu", "0", "-tr", "nnUNetTrainerDMSPS_stage2_cpu3k",
+                                                 "-device", "cpu", "-pretrained_weights", str(stage1)]
+    assert bench.fold_dir("DMSPS_stage2_warm", 3).parent.parent.name == "Dataset732_XStage2"
+    assert bench.dataset_id("stage2", 0) == 702 and bench.dataset_id("scribble", 3) == 700
+    # ids have three digits in nnU-Net: a seed that would need more is refused before anything runs
+    base = args[:args.index("--seeds")]
+    assert run_benchmark.parse_args(base + ["--id", "900", "--seeds", "9", "--seed-arms", "DMSPS_stage2"]).id == 900
+    with pytest.raises(SystemExit):
+        run_benchmark.parse_args(base + ["--id", "950", "--seeds", "5", "--seed-arms", "DMSPS_stage2"])
+    assert "the stage-2 dataset of seed 5 would get id 1002" in capsys.readouterr().err
 
 
 def test_validation_dice_uses_dense_labels_of_the_validation_cases_only(tmp_path):
@@ -480,3 +504,31 @@ def test_paired_comparison_against_hand_computed_values(tmp_path, capsys):
         pc.merge([{"pL_seed0": {"c0": 0.5}}, {"pL_seed0": {"c0": 0.6}}])
     # an arm without a paired bar seed is an error, not an empty table
     assert pc.main(["--arms", "PSSeg", "--tables", str(tmp_path / "t.md")]) == 1
+
+
+def test_stage2_label_stats_by_hand(tmp_path):
+    """benchmarks/stage2_label_stats.py: label fractions, cases per label and precision against the dense labels."""
+    import SimpleITK as sitk
+    import stage2_label_stats
+
+    folder = tmp_path / "Dataset732_XStage2"
+    for sub in ("labelsTr", "labelsTr_dense"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "A": 1, "ignore": 2},
+                                                     "file_ending": ".nii.gz"}))
+    expanded = {"a": [[0, 0, 1, 2]], "b": [[0, 2, 2, 2]]}
+    dense = {"a": [[0, 1, 1, 1]], "b": [[0, 0, 1, 1]]}
+    for case in expanded:
+        for sub, arrays in (("labelsTr", expanded), ("labelsTr_dense", dense)):
+            sitk.WriteImage(sitk.GetImageFromArray(np.asarray([arrays[case]], np.uint8)),
+                            str(folder / sub / f"{case}.nii.gz"))
+    stats = stage2_label_stats.label_stats(folder)
+    assert stats["n_cases"] == 2
+    assert stats["mean_fraction_percent"] == [pytest.approx(37.5), pytest.approx(12.5), pytest.approx(50.0)]
+    assert stats["cases_with_label"] == [2, 1, 2]
+    # background: 3 labelled voxels, a[0,1] is A in the dense label -> 2 of 3 right; A: 1 of 1
+    assert stats["precision"] == [pytest.approx(2 / 3, abs=1e-4), 1.0] and stats["labelled_voxels"] == [3, 1]
+    (folder / "labelsTr_dense" / "b.nii.gz").unlink()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((1, 1, 3), np.uint8)), str(folder / "labelsTr_dense" / "b.nii.gz"))
+    with pytest.raises(ValueError, match="b.nii.gz: dense label"):
+        stage2_label_stats.label_stats(folder)

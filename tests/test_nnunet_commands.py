@@ -391,7 +391,12 @@ def test_dmsps_stage2_expand_plan_and_train(nn, stage2, stage2_planned):
     assert json.loads((dst / "splits_final.json").read_text()) == src_splits
     assert json.loads((nn.preprocessed / dst.name / "splits_final.json").read_text()) == src_splits
 
-    # stage 2 = the same trainer on the expanded dataset
+    # the suggested next step is the reference code's stage 2: the stage-1 checkpoint as the starting point
+    stage1 = nn.trained(DATASET, "2d_tiny", "nnUNetTrainerDMSPS_tiny")[0] / "checkpoint_final.pth"
+    assert (f" && nnUNetv2_train {STAGE2} 2d_tiny 0 -tr nnUNetTrainerDMSPS_stage2_tiny -pretrained_weights {stage1}\n"
+            in out), _tail(out, 5)
+
+    # stage 2 retrained from scratch = the same trainer on the expanded dataset
     fold, out = nn.trained(STAGE2, "2d_tiny", "nnUNetTrainerDMSPS_tiny")
     assert load_checkpoint(fold / "checkpoint_final.pth")["trainer_name"] == "nnUNetTrainerDMSPS_tiny"
     assert "Using splits from existing split file" in out
@@ -421,6 +426,21 @@ def test_dmsps_stage2_finetuned_from_stage1(nn, stage2_planned):
     out = nn.train(STAGE2, "2d_tiny", trainer, ok=False, results=nn.root / "refused")
     assert "fine-tunes a stage-1 model: pass -pretrained_weights" in out
     assert not list((nn.root / "refused").rglob("checkpoint_*.pth"))
+
+
+def test_dmsps_stage2_as_the_reference_code_runs_it(nn, stage2_planned):
+    """nnUNetTrainerDMSPS_stage2 (what dmsps-expand suggests): the whole stage-1 network as the starting point, trained
+    on the expanded labels at the stage-1 learning rate (nnU-Net's 1e-2), with the DMSPS loss."""
+    stage1 = nn.trained(DATASET, "2d_tiny", "nnUNetTrainerDMSPS_tiny")[0] / "checkpoint_final.pth"
+    trainer = "nnUNetTrainerDMSPS_stage2_tiny"
+    fold, out = nn.trained(STAGE2, "2d_tiny", trainer, "-pretrained_weights", str(stage1))
+    assert f"Loaded the complete network (segmentation layers included) from {stage1}" in out
+    assert "Current learning rate: 0.01\n" in out and "Current learning rate: 0.001\n" not in out
+    logging = load_checkpoint(fold / "checkpoint_final.pth")["logging"]
+    assert LOSS_TERMS["nnUNetTrainerDMSPS_tiny"] == {k[5:] for k in logging if k.startswith("loss_")}
+    out = nn.train(STAGE2, "2d_tiny", trainer, ok=False, results=nn.root / "refused_stage2")
+    assert "fine-tunes a stage-1 model: pass -pretrained_weights" in out
+    assert not list((nn.root / "refused_stage2").rglob("checkpoint_*.pth"))
 
 
 def test_dmsps_expand_with_nnunet_compile(nn, stage2):

@@ -97,3 +97,19 @@ def test_report_lost_classes_names_class_and_counts(capsys):
     assert "class 1 (RV)" in out and "2 of 5 cases" in out and "case_a, case_b" in out and "tau=0.1" in out
     report_lost_classes({}, {0: 7}, {"background": 0}, 0.1)
     assert capsys.readouterr().out == ""
+
+
+def test_stage2_command_starts_from_the_stage1_model_for_dmsps_only():
+    """dmsps-expand's suggested training: DMSPS (any budget suffix) -> nnUNetTrainerDMSPS_stage2 with the same suffix
+    and the stage-1 checkpoint, as the reference code's retrain scripts load it; other stage-1 trainers (which have
+    no warm-start variant) are suggested unchanged, from scratch."""
+    from nnunet_scribble.pseudo_labels import stage2_train_command
+
+    folder = "/r/Dataset700_X/nnUNetTrainerDMSPS_cpu3k__nnUNetPlans__2d"
+    assert stage2_train_command(702, "2d", "0", "nnUNetTrainerDMSPS_cpu3k", folder) == (
+        f"nnUNetv2_train 702 2d 0 -tr nnUNetTrainerDMSPS_stage2_cpu3k -pretrained_weights {folder}/fold_0/"
+        "checkpoint_final.pth")
+    assert stage2_train_command(702, "2d", "all", "nnUNetTrainerDMSPS", "/m", "checkpoint_best.pth") == (
+        "nnUNetv2_train 702 2d all -tr nnUNetTrainerDMSPS_stage2 -pretrained_weights /m/fold_all/checkpoint_best.pth")
+    for trainer in ("nnUNetTrainerDMSPS_pLDice_cpu3k", "nnUNetTrainerDMPLS", "nnUNetTrainerDMSPS_avg"):
+        assert stage2_train_command(702, "2d", "0", trainer, folder) == f"nnUNetv2_train 702 2d 0 -tr {trainer}"
