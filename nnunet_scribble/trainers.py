@@ -13,7 +13,7 @@ Class names are part of every checkpoint (nnU-Net resolves the network builder f
 | ``nnUNetTrainerScribble`` | partial cross-entropy (pCE) on scribbled voxels, every deep-supervision scale |
 | ``nnUNetTrainerScribblePreserveDS`` | pCE with scribble-preserving deep-supervision targets |
 | ``nnUNetTrainerDMPLS`` | two decoders, Dice to argmax of a randomly mixed pseudo label (Luo et al. 2022) |
-| ``nnUNetTrainerDMSPS`` | two decoders, CE to a randomly mixed soft pseudo label (Han et al. 2024, stage 1; stage 2 = the same trainer on a dataset expanded by ``nnunet_scribble dmsps-expand``) |
+| ``nnUNetTrainerDMSPS`` | two decoders, CE to a randomly mixed soft pseudo label (Han et al. 2024, stage 1; stage 2 = the DMSPS loss on a dataset expanded by ``nnunet_scribble dmsps-expand``, from the stage-1 model: ``nnUNetTrainerDMSPS_stage2``) |
 | ``nnUNetTrainerDMSPS_paperCE`` | DMSPS with the paper's pseudo-label CE (the default follows the reference code's double softmax) |
 | ``nnUNetTrainerDMSPS_finetune`` | DMSPS stage 2 fine-tuned from stage 1 (PyMIC's variant): ``-pretrained_weights`` loads the whole stage-1 network, initial learning rate 1e-3 |
 | ``nnUNetTrainerDMSPS_stage2`` | DMSPS stage 2 as the reference code runs it: ``-pretrained_weights`` loads the whole stage-1 network, the stage-1 learning rate (1e-2) |
@@ -275,7 +275,7 @@ class nnUNetTrainerDMPLS(nnUNetTrainerMultiDecoder):
 
 
 class nnUNetTrainerDMSPS(nnUNetTrainerMultiDecoder):
-    """DMSPS stage 1 (and stage 2 when trained on an expanded dataset): CE to the mixed soft pseudo label.
+    """DMSPS stage 1 (and stage 2 retrained from scratch on an expanded dataset): CE to the mixed soft pseudo label.
 
     As in the reference code (DMSPS and PyMIC), the pseudo-label CE receives softmax outputs and applies
     log-softmax again (``double_softmax``); this damps the self-training term. The paper's formula
