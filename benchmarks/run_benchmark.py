@@ -111,7 +111,7 @@ class Benchmark:
         self.work = Path(args.work).resolve()
         self.profile = PROFILES[args.profile]
         self.config = args.config + (f"_{self.profile['preset']}" if self.profile["preset"] else "")
-        self.ids = {"scribble": args.id, "dense": args.id + 1, "stage2": args.id + 2}
+        self.ids = {"scribble": args.id, "dense": args.id + 1}   # stage 2: stage2_dataset_id
         self.bin = Path(sys.executable).parent
         self.device = args.device
         self.env = dict(os.environ, nnUNet_raw=str(self.work / "nnUNet_raw"),
@@ -152,8 +152,7 @@ class Benchmark:
         return out
 
     def dataset_id(self, kind: str, seed: int = 0) -> int:
-        """Each seed's DMSPS model expands its own stage-2 dataset: id + 2 for seed 0, id + 2 + 10 * seed else."""
-        return self.ids[kind] + (10 * seed if kind == "stage2" else 0)
+        return stage2_dataset_id(self.args.id, seed) if kind == "stage2" else self.ids[kind]
 
     def raw_folder(self, kind: str, seed: int = 0) -> Path:
         matches = sorted((self.work / "nnUNet_raw").glob(f"Dataset{self.dataset_id(kind, seed):03d}_*"))
@@ -259,8 +258,8 @@ class Benchmark:
         kind = ARMS[arm][1]
         if (fold_dir / "checkpoint_final.pth").exists() and (fold_dir / "validation" / "summary.json").exists():
             return {}
-        cmd = [self.bin / "nnUNetv2_train", self.dataset_id(kind, seed), self.config, self.args.fold, "-tr", self.trainer(arm),
-               "-device", self.device]
+        cmd = [self.bin / "nnUNetv2_train", self.dataset_id(kind, seed), self.config, self.args.fold,
+               "-tr", self.trainer(arm), "-device", self.device]
         if (fold_dir / "checkpoint_latest.pth").exists() or (fold_dir / "checkpoint_final.pth").exists():
             cmd.append("--c")
         elif arm in FINETUNE_FROM:   # nnU-Net refuses -pretrained_weights with --c; a continuation has them already
@@ -291,8 +290,8 @@ class Benchmark:
         if self.raw_folder("stage2", seed) is None:   # dmsps-expand writes the dataset atomically
             log(f"DMSPS stage 2: expanding the scribbles with the DMSPS model of seed {seed}")
             self.run([sys.executable, "-m", "nnunet_scribble", "dmsps-expand", "-d", self.ids["scribble"], "-o",
-                      self.dataset_id("stage2", seed), "-c", self.config, "-f", self.args.fold, "-tr", self.trainer("DMSPS"),
-                      "-device", self.device]
+                      self.dataset_id("stage2", seed), "-c", self.config, "-f", self.args.fold,
+                      "-tr", self.trainer("DMSPS"), "-device", self.device]
                      + ([] if self.args.stage2_tau is None else ["--tau", self.args.stage2_tau]),
                      {"nnUNet_results": str(self.results_root(seed))})
         self.plan("stage2", seed)
@@ -401,6 +400,11 @@ class Benchmark:
                 write_results(self, state)
         write_results(self, state)
         log(f"results in {self.results_dir}")
+
+
+def stage2_dataset_id(scribble_id: int, seed: int) -> int:
+    """Each seed's DMSPS model expands its own stage-2 dataset: id + 2 for seed 0, id + 2 + 10 * seed else."""
+    return scribble_id + 2 + 10 * seed
 
 
 def _shared_encoder_copy(key: str) -> bool:
@@ -651,7 +655,7 @@ def parse_args(argv=None):
     if not args.arms and not extra_seeds:
         p.error("--arms is empty and --seeds has no seed but 0: nothing to run")
     if any(ARMS[arm][1] == "stage2" for arm in args.arms + args.seed_arms):
-        last = args.id + 2 + 10 * max(args.seeds + [0])
+        last = stage2_dataset_id(args.id, max(args.seeds + [0]))
         if last > 999:
             p.error(f"the stage-2 dataset of seed {max(args.seeds)} would get id {last} (id + 2 + 10 x seed): "
                     "nnU-Net's ids have 3 digits; use a smaller --id or seed")
