@@ -88,6 +88,12 @@ def report_lost_classes(lost: Dict[int, List[str]], scribbled: Dict[int, int], l
               f"{scribbled[c]} cases that scribble it (e.g. {', '.join(cases[:3])}); their scribbles of that class "
               f"were kept. A stage-1 model this unsure of a class gives stage 2 little to learn: train it longer or "
               f"raise --tau.")
+        if len(cases) >= scribbled[c]:
+            # stage 2 would see that class on its scribbles only, against a confident expansion of everything else
+            # (ACDC benchmark, seed 4 at tau=0.1: RV and LV in no case; stage 2 then lost the RV)
+            print(f"WARNING: class {c} ({names.get(c, '?')}) is confident in none of the cases that scribble it: "
+                  f"stage 2 on this expansion can lose it. Re-run dmsps-expand with a higher --tau (e.g. "
+                  f"{min(1.0, round(3 * tau, 2))}) before stage 2.")
 
 
 def _dataset_paths(dataset):

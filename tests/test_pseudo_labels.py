@@ -95,8 +95,19 @@ def test_report_lost_classes_names_class_and_counts(capsys):
     report_lost_classes({1: ["case_a", "case_b"]}, {0: 7, 1: 5}, {"background": 0, "RV": 1, "ignore": 2}, 0.1)
     out = capsys.readouterr().out
     assert "class 1 (RV)" in out and "2 of 5 cases" in out and "case_a, case_b" in out and "tau=0.1" in out
+    assert "confident in none" not in out           # 2 of 5 cases: the general warning only
     report_lost_classes({}, {0: 7}, {"background": 0}, 0.1)
     assert capsys.readouterr().out == ""
+
+
+def test_report_lost_classes_asks_for_a_higher_tau_when_a_class_is_lost_everywhere(capsys):
+    # every case that scribbles class 3 lost it: stage 2 would learn it from scribbles alone
+    report_lost_classes({3: ["a", "b", "c"], 1: ["a"]}, {1: 3, 3: 3}, {"background": 0, "RV": 1, "LV": 3}, 0.1)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3                                  # two general warnings + one for class 3
+    assert "class 3 (LV) is confident in none" in out[2] and "--tau (e.g. 0.3)" in out[2]
+    report_lost_classes({2: ["a"]}, {2: 1}, {"background": 0, "MYO": 2}, 0.5)
+    assert "--tau (e.g. 1.0)" in capsys.readouterr().out  # never above 1 (a normalised entropy)
 
 
 def test_stage2_command_starts_from_the_stage1_model_for_dmsps_only():
