@@ -93,7 +93,7 @@ def report_lost_classes(lost: Dict[int, List[str]], scribbled: Dict[int, int], l
             # (ACDC benchmark, seed 4 at tau=0.1: RV and LV in no case; stage 2 then lost the RV)
             print(f"WARNING: class {c} ({names.get(c, '?')}) is confident in none of the cases that scribble it: "
                   f"stage 2 on this expansion can lose it. Re-run dmsps-expand with a higher --tau (e.g. "
-                  f"{min(1.0, round(3 * tau, 2))}) before stage 2.")
+                  f"{min(1.0, round(tau + 0.2, 2))}) before stage 2.")
 
 
 def _dataset_paths(dataset):

@@ -106,7 +106,7 @@ def test_report_lost_classes_asks_for_a_higher_tau_when_a_class_is_lost_everywhe
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3                                  # two general warnings + one for class 3
     assert "class 3 (LV) is confident in none" in out[2] and "--tau (e.g. 0.3)" in out[2]
-    report_lost_classes({2: ["a"]}, {2: 1}, {"background": 0, "MYO": 2}, 0.5)
+    report_lost_classes({2: ["a"]}, {2: 1}, {"background": 0, "MYO": 2}, 0.9)
     assert "--tau (e.g. 1.0)" in capsys.readouterr().out  # never above 1 (a normalised entropy)
 
 
