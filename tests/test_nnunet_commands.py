@@ -360,6 +360,7 @@ def test_dmsps_stage2_expand_plan_and_train(nn, stage2, stage2_planned):
 
     agree = annotated = 0
     expanded_cases = []
+    grown, scribbled = np.zeros(IGNORE, int), np.zeros(IGNORE, int)
     for c in cases:
         src_image = sitk.ReadImage(str(src / "imagesTr" / f"{c}_0000.nii.gz"))
         dst_image = sitk.ReadImage(str(dst / "imagesTr" / f"{c}_0000.nii.gz"))
@@ -372,6 +373,8 @@ def test_dmsps_stage2_expand_plan_and_train(nn, stage2, stage2_planned):
         mask = label != IGNORE
         assert mask.sum() >= 1, c
         scribble = read(src / "labelsTr" / f"{c}.nii.gz")
+        grown += np.bincount(label.ravel(), minlength=IGNORE + 1)[:IGNORE]
+        scribbled += np.bincount(scribble.ravel(), minlength=IGNORE + 1)[:IGNORE]
         # no class the case was scribbled with disappears (restore_lost_classes)
         assert set(np.unique(scribble[scribble != IGNORE]).tolist()) <= set(np.unique(label[mask]).tolist()), c
         dense = read(src / "labelsTr_dense" / f"{c}.nii.gz")
@@ -383,6 +386,10 @@ def test_dmsps_stage2_expand_plan_and_train(nn, stage2, stage2_planned):
             agree += int((label[mask] == dense[mask]).sum())
             annotated += int(mask.sum())
     assert expanded_cases, "no case was expanded: " + _tail(out, 20)
+    # the per-class growth line: the written labels' voxels over the scribbled ones, summed over the cases
+    names = {v: k for k, v in dataset_json["labels"].items()}
+    growth = ", ".join(f"{names[k]} {grown[k] / scribbled[k]:.2f}" for k in range(IGNORE) if scribbled[k])
+    assert f"expansion per class, x its scribbled voxels: {growth}\n" in out, _tail(out, 10)
     # a model trained for 8 iterations is poor; its confident voxels still agree with the truth well above chance
     assert agree / annotated > 0.3, agree / annotated
     for c in ("demo_005", "demo_006"):

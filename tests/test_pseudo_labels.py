@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nnunet_scribble.pseudo_labels import (expand_scribbles, largest_component, normalized_entropy,
-                                           report_lost_classes, restore_lost_classes)
+                                           report_growth, report_lost_classes, restore_lost_classes)
 
 IGNORE = 3  # classes 0, 1, 2
 
@@ -95,19 +95,24 @@ def test_report_lost_classes_names_class_and_counts(capsys):
     report_lost_classes({1: ["case_a", "case_b"]}, {0: 7, 1: 5}, {"background": 0, "RV": 1, "ignore": 2}, 0.1)
     out = capsys.readouterr().out
     assert "class 1 (RV)" in out and "2 of 5 cases" in out and "case_a, case_b" in out and "tau=0.1" in out
-    assert "confident in none" not in out           # 2 of 5 cases: the general warning only
     report_lost_classes({}, {0: 7}, {"background": 0}, 0.1)
     assert capsys.readouterr().out == ""
 
 
-def test_report_lost_classes_asks_for_a_higher_tau_when_a_class_is_lost_everywhere(capsys):
-    # every case that scribbles class 3 lost it: stage 2 would learn it from scribbles alone
-    report_lost_classes({3: ["a", "b", "c"], 1: ["a"]}, {1: 3, 3: 3}, {"background": 0, "RV": 1, "LV": 3}, 0.1)
+def test_report_growth_hand_computed_and_warns_below_1_2(capsys):
+    # summed voxels per class 0..3 of the expansion and of the scribbles: growth = expanded / scribbled
+    expanded = np.array([1500, 97, 30, 12])
+    scribbled = np.array([10, 100, 6, 0])       # class 3 not scribbled: no growth, no warning
+    growth = report_growth(expanded, scribbled, {"background": 0, "RV": 1, "MYO": 2, "LV": 3, "ignore": 4}, 0.1)
+    assert growth == {0: 150.0, 1: 0.97, 2: 5.0}
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 3                                  # two general warnings + one for class 3
-    assert "class 3 (LV) is confident in none" in out[2] and "--tau (e.g. 0.3)" in out[2]
-    report_lost_classes({2: ["a"]}, {2: 1}, {"background": 0, "MYO": 2}, 0.9)
-    assert "--tau (e.g. 1.0)" in capsys.readouterr().out  # never above 1 (a normalised entropy)
+    assert out[0] == "expansion per class, x its scribbled voxels: background 150.00, RV 0.97, MYO 5.00"
+    assert len(out) == 2 and "class 1 (RV) grew only 0.97x" in out[1] and "--tau (e.g. 0.3)" in out[1]
+    # background is never warned about; the suggested tau stays a normalised entropy (<= 1)
+    report_growth(np.array([1, 11, 12]), np.array([10, 10, 10]), {"background": 0, "a": 1, "b": 2}, 0.9)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "class 1 (a) grew only 1.10x" in out[1] and "--tau (e.g. 1.0)" in out[1]
+
 
 
 def test_stage2_command_starts_from_the_stage1_model_for_dmsps_only():
