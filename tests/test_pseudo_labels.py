@@ -114,7 +114,6 @@ def test_report_growth_hand_computed_and_warns_below_1_2(capsys):
     assert len(out) == 2 and "class 1 (a) grew only 1.10x" in out[1] and "--tau (e.g. 1.0)" in out[1]
 
 
-
 def test_stage2_command_starts_from_the_stage1_model_for_dmsps_only():
     """dmsps-expand's suggested training: DMSPS (any budget suffix) -> nnUNetTrainerDMSPS_stage2 with the same suffix
     and the stage-1 checkpoint, as the reference code's retrain scripts load it; other stage-1 trainers (which have
